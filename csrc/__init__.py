@@ -1,0 +1,1 @@
+"""C++ and CUDA sources of rlsignals, shipped as package data and compiled on first use."""

@@ -1,0 +1,158 @@
+// CPU kernel for unit_sums (see unit_sums.h for the math).
+//
+// One pass over memory: each row is read from DRAM once, its squared norm is
+// taken with 512-bit FMAs, and the row (now in L1) is scaled and added to the
+// range's fp32 accumulator. bf16 is widened with a 16-bit shift, fp16 with
+// vcvtph2ps. Without AVX-512 (F + BW) a portable scalar loop is compiled.
+#include "unit_sums.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define RLSIGNALS_AVX512 1
+#endif
+
+namespace rlsignals::cpu {
+namespace {
+
+inline float bf16_to_float(uint16_t v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+inline float fp16_to_float(uint16_t v) {
+  const uint32_t sign = static_cast<uint32_t>(v & 0x8000u) << 16;
+  const uint32_t exponent = (v >> 10) & 0x1fu;
+  const uint32_t mantissa = v & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
+    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+    return sign ? -magnitude : magnitude;
+  } else if (exponent == 31) {  // inf or NaN
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else {
+    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  }
+  float out;
+  std::memcpy(&out, &bits, sizeof(out));
+  return out;
+}
+
+// Element readers: scalar conversion, and (with AVX-512) 16 lanes at a time.
+struct F32 {
+  using T = float;
+  static float scalar(const T* p) { return *p; }
+#ifdef RLSIGNALS_AVX512
+  static __m512 load(const T* p) { return _mm512_loadu_ps(p); }
+  static __m512 load_tail(const T* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+#endif
+};
+
+struct BF16 {
+  using T = uint16_t;
+  static float scalar(const T* p) { return bf16_to_float(*p); }
+#ifdef RLSIGNALS_AVX512
+  static __m512 widen(__m256i v) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  }
+  static __m512 load(const T* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static __m512 load_tail(const T* p, __mmask16 m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
+#endif
+};
+
+struct F16 {
+  using T = uint16_t;
+  static float scalar(const T* p) { return fp16_to_float(*p); }
+#ifdef RLSIGNALS_AVX512
+  static __m512 load(const T* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static __m512 load_tail(const T* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+#endif
+};
+
+// Adds u = row / max(||row||, eps) to acc[0:d]; returns ||u||^2.
+template <typename R>
+inline float accumulate_unit_row(const typename R::T* row, int64_t d, float eps, float* acc) {
+#ifdef RLSIGNALS_AVX512
+  const int64_t full = d - d % 16;
+  const __mmask16 tail = static_cast<__mmask16>((1u << (d % 16)) - 1u);
+  __m512 ss0 = _mm512_setzero_ps(), ss1 = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 32 <= full; c += 32) {
+    const __m512 a = R::load(row + c), b = R::load(row + c + 16);
+    ss0 = _mm512_fmadd_ps(a, a, ss0);
+    ss1 = _mm512_fmadd_ps(b, b, ss1);
+  }
+  for (; c < full; c += 16) {
+    const __m512 a = R::load(row + c);
+    ss0 = _mm512_fmadd_ps(a, a, ss0);
+  }
+  if (tail) {
+    const __m512 a = R::load_tail(row + full, tail);
+    ss1 = _mm512_fmadd_ps(a, a, ss1);
+  }
+  const float sumsq = _mm512_reduce_add_ps(_mm512_add_ps(ss0, ss1));
+  const float inv = 1.0f / std::max(std::sqrt(sumsq), eps);
+  const __m512 scale = _mm512_set1_ps(inv);
+  for (c = 0; c < full; c += 16) {
+    _mm512_storeu_ps(acc + c, _mm512_fmadd_ps(R::load(row + c), scale, _mm512_loadu_ps(acc + c)));
+  }
+  if (tail) {
+    const __m512 sum = _mm512_fmadd_ps(R::load_tail(row + full, tail), scale,
+                                       _mm512_maskz_loadu_ps(tail, acc + full));
+    _mm512_mask_storeu_ps(acc + full, tail, sum);
+  }
+#else
+  float sumsq = 0.0f;
+  for (int64_t c = 0; c < d; ++c) {
+    const float x = R::scalar(row + c);
+    sumsq += x * x;
+  }
+  const float inv = 1.0f / std::max(std::sqrt(sumsq), eps);
+  for (int64_t c = 0; c < d; ++c) acc[c] += R::scalar(row + c) * inv;
+#endif
+  return sumsq * inv * inv;
+}
+
+template <typename R>
+void unit_sums_typed(const typename R::T* hidden, int64_t d, int64_t row_stride,
+                     const int64_t* offsets, int64_t num_ranges, float eps, float* sums,
+                     float* sqsums) {
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t r = 0; r < num_ranges; ++r) {
+    float* acc = sums + r * d;
+    std::fill(acc, acc + d, 0.0f);
+    float sq = 0.0f;
+    for (int64_t i = offsets[r]; i < offsets[r + 1]; ++i) {
+      sq += accumulate_unit_row<R>(hidden + i * row_stride, d, eps, acc);
+    }
+    sqsums[r] = sq;
+  }
+}
+
+}  // namespace
+
+void unit_sums(const void* hidden, ElemType type, int64_t d, int64_t row_stride,
+               const int64_t* offsets, int64_t num_ranges, float eps, float* sums,
+               float* sqsums) {
+  switch (type) {
+    case ElemType::kFloat32:
+      unit_sums_typed<F32>(static_cast<const float*>(hidden), d, row_stride, offsets,
+                           num_ranges, eps, sums, sqsums);
+      break;
+    case ElemType::kFloat16:
+      unit_sums_typed<F16>(static_cast<const uint16_t*>(hidden), d, row_stride, offsets,
+                           num_ranges, eps, sums, sqsums);
+      break;
+    case ElemType::kBFloat16:
+      unit_sums_typed<BF16>(static_cast<const uint16_t*>(hidden), d, row_stride, offsets,
+                            num_ranges, eps, sums, sqsums);
+      break;
+  }
+}
+
+}  // namespace rlsignals::cpu

@@ -1,0 +1,9 @@
+"""rlsignals: fused kernels that read a language model's own signals
+(angles between hidden states at prefill, rank-1 structure of weight updates)
+to make RL post-training cheaper."""
+
+from rlsignals.backends import available_backends
+from rlsignals.ops import AngleStats, BlockCosine, angle_stats, block_cosine
+
+__version__ = "0.1.0"
+__all__ = ["AngleStats", "BlockCosine", "angle_stats", "available_backends", "block_cosine", "__version__"]

@@ -1,0 +1,152 @@
+"""Public angle ops: mean cosines between hidden states, exactly, in one pass.
+
+With u_i = h_i / max(||h_i||, eps) and, for a block A of n_A tokens,
+S_A = sum_{i in A} u_i and q_A = sum_{i in A} ||u_i||^2 (= n_A unless rows are zero):
+
+    mean_{i in A, j in B} cos(h_i, h_j)          = <S_A, S_B> / (n_A n_B)
+    mean_{i, j in A} cos(h_i, h_j)               = ||S_A||^2 / n_A^2
+    same, diagonal i = j excluded                = (||S_A||^2 - q_A) / (n_A (n_A - 1))
+    causal, pairs j <= i (diagonal kept)         = (||S_A||^2 + q_A) / (n_A (n_A + 1))
+    causal with the diagonal excluded (j < i)    = the diagonal-excluded mean
+
+(the cosine matrix is symmetric, so its lower triangle holds half the
+off-diagonal sum). The only pass over ``hidden`` is ``unit_sums``; no T x T or
+m x m matrix is formed.
+
+Defined results: a zero row has u = 0 (cosine 0 with everything, itself
+included) and still counts in n. A mean over no pairs is NaN (empty question,
+empty prefix for ``inter``, one-token block with the diagonal excluded). A
+non-finite value makes exactly the statistics that read that row NaN; other
+sequences are unaffected.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from rlsignals.backends import resolve_backend
+from rlsignals.ops.unit_sums import split_ranges, unit_sums
+from rlsignals.ops.validation import check_block_size, check_cu_seqlens, check_hidden, check_prefix_lens
+
+
+class AngleStats(NamedTuple):
+    """Per-sequence angle signal, fp32 [B] each.
+
+    intra: mean cosine between question tokens (the tokens after the prefix).
+    inter: mean cosine between question tokens and shared-prefix tokens.
+    """
+
+    intra: torch.Tensor
+    inter: torch.Tensor
+
+
+class BlockCosine(NamedTuple):
+    """Block-mean cosine matrices of a pack of sequences.
+
+    cosine: fp32 [B, NB, NB], NB = max blocks per sequence; cosine[b, a, c] is the
+        mean cosine between tokens of block a and block c of sequence b (NaN where
+        not valid).
+    valid: bool [B, NB, NB], where the entry is defined by the shapes alone.
+    block_lens: int64 [B, NB], tokens in each block (0 past a sequence's end).
+    """
+
+    cosine: torch.Tensor
+    valid: torch.Tensor
+    block_lens: torch.Tensor
+
+
+def within_block_mean(sum_sq: torch.Tensor, sqsum: torch.Tensor, n: torch.Tensor, *,
+                      exclude_diagonal: bool, causal: bool) -> torch.Tensor:
+    """Mean cosine over pairs inside blocks, from ||S||^2, q and n (all [N]); NaN when no pairs."""
+    n = n.to(torch.float64)
+    sum_sq = sum_sq.to(torch.float64)
+    sqsum = sqsum.to(torch.float64)
+    if exclude_diagonal:
+        value, defined = (sum_sq - sqsum) / (n * (n - 1)), n >= 2
+    elif causal:
+        value, defined = (sum_sq + sqsum) / (n * (n + 1)), n >= 1
+    else:
+        value, defined = sum_sq / (n * n), n >= 1
+    return torch.where(defined, value, torch.nan).to(torch.float32)
+
+
+def angle_stats(hidden: torch.Tensor, cu_seqlens: torch.Tensor, prefix_lens: torch.Tensor, *,
+                exclude_diagonal: bool = False, causal: bool = False, backend: str = "auto") -> AngleStats:
+    """Intra-question and question-prefix mean cosines of each packed sequence.
+
+    hidden: [T, d] float32/float16/bfloat16, the tokens of B sequences packed end to end.
+    cu_seqlens: [B + 1] int32/int64, sequence b is rows cu_seqlens[b]:cu_seqlens[b+1].
+    prefix_lens: [B] int, the first prefix_lens[b] tokens of sequence b are the shared
+        prefix P; the rest is the question Q.
+    exclude_diagonal: leave the pairs i = j out of ``intra``.
+    causal: ``intra`` over the pairs j <= i only (what a causal model attends to).
+        ``inter`` is unaffected: every prefix token precedes every question token.
+    backend: "auto", "torch", "cpp", "triton" or "cuda".
+
+    Returns AngleStats(intra, inter), fp32 [B] on hidden's device.
+    """
+    hidden = check_hidden(hidden)
+    cu = check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
+    prefix = check_prefix_lens(prefix_lens, cu.diff(), hidden.device)
+    name = resolve_backend(backend, hidden.device)
+
+    split = cu[:-1] + prefix
+    offsets = torch.cat([torch.stack([cu[:-1], split], 1).flatten(), cu[-1:]])
+    sums, sqsums = unit_sums(hidden, offsets, name)
+    sum_p, sum_q = sums[0::2], sums[1::2]
+    n_p = prefix.to(hidden.device)
+    n_q = (cu[1:] - split).to(hidden.device)
+
+    intra = within_block_mean(sum_q.square().sum(1), sqsums[1::2], n_q,
+                              exclude_diagonal=exclude_diagonal, causal=causal)
+    pairs = (n_q * n_p).to(torch.float64)
+    inter = (sum_q * sum_p).sum(1).to(torch.float64) / pairs
+    inter = torch.where(pairs > 0, inter, torch.nan).to(torch.float32)
+    return AngleStats(intra=intra, inter=inter)
+
+
+def block_cosine(hidden: torch.Tensor, cu_seqlens: torch.Tensor, block_size: int, *,
+                 exclude_diagonal: bool = False, causal: bool = False, backend: str = "auto") -> BlockCosine:
+    """Exact block-mean cosine matrix of each sequence, without any T x T matrix.
+
+    Sequence b is cut into blocks of ``block_size`` tokens (the last may be
+    shorter); cosine[b, a, c] = mean over i in block a, j in block c of cos(h_i, h_j).
+    exclude_diagonal: the diagonal blocks leave the pairs i = j out.
+    causal: only pairs j <= i count; blocks c > a are then not valid and the
+        diagonal blocks average their lower triangle.
+    Cost: one pass over ``hidden`` plus a [NB, d] x [d, NB] product per sequence.
+    """
+    hidden = check_hidden(hidden)
+    cu = check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
+    block_size = check_block_size(block_size)
+    name = resolve_backend(backend, hidden.device)
+    device = hidden.device
+
+    offsets, blocks_per_seq = split_ranges(cu, block_size)
+    sums, sqsums = unit_sums(hidden, offsets, name)
+    num_seqs = blocks_per_seq.numel()
+    nb = int(blocks_per_seq.max()) if num_seqs else 0
+    seq_of = torch.repeat_interleave(torch.arange(num_seqs), blocks_per_seq)
+    block_of = torch.arange(seq_of.numel()) - (torch.cumsum(blocks_per_seq, 0) - blocks_per_seq)[seq_of]
+    lens = offsets.diff()
+
+    block_lens = torch.zeros(num_seqs, nb, dtype=torch.int64)
+    block_lens[seq_of, block_of] = lens
+    seq_of, block_of, lens, block_lens = (t.to(device) for t in (seq_of, block_of, lens, block_lens))
+
+    means = torch.zeros(num_seqs, nb, sums.shape[1], dtype=torch.float32, device=device)
+    means[seq_of, block_of] = sums / lens[:, None]
+    cosine = torch.bmm(means, means.transpose(1, 2))
+    cosine[seq_of, block_of, block_of] = within_block_mean(
+        sums.square().sum(1), sqsums, lens, exclude_diagonal=exclude_diagonal, causal=causal)
+
+    exists = block_lens > 0
+    valid = exists[:, :, None] & exists[:, None, :]
+    if causal:
+        valid &= torch.ones(nb, nb, dtype=torch.bool, device=device).tril()
+    if exclude_diagonal:
+        valid[seq_of, block_of, block_of] &= lens >= 2
+    cosine = torch.where(valid, cosine, torch.nan)
+    return BlockCosine(cosine=cosine, valid=valid, block_lens=block_lens)

@@ -1,0 +1,81 @@
+"""Input checks shared by the public ops: every bad input raises a ValueError
+or TypeError that names the argument, what it got and what was expected,
+before any kernel runs."""
+
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def _require_tensor(name: str, value: object) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_hidden(hidden: object, name: str = "hidden") -> torch.Tensor:
+    """A [T, d] float tensor with d >= 1; returned with contiguous rows."""
+    hidden = _require_tensor(name, hidden)
+    if hidden.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [T, d] (packed tokens), got shape {tuple(hidden.shape)}")
+    if hidden.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {hidden.dtype}")
+    if hidden.shape[1] == 0:
+        raise ValueError(f"{name} must have a hidden size d >= 1, got shape {tuple(hidden.shape)}")
+    return hidden if hidden.stride(1) == 1 else hidden.contiguous()
+
+
+def _index_vector(name: str, value: object, device: torch.device) -> torch.Tensor:
+    value = _require_tensor(name, value)
+    if value.dim() != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {tuple(value.shape)}")
+    if value.dtype not in INDEX_DTYPES:
+        raise TypeError(f"{name} must be int32 or int64, got {value.dtype}")
+    if value.device != device:
+        raise ValueError(f"{name} is on {value.device} but hidden is on {device}; put them on one device")
+    return value.to("cpu", torch.int64)
+
+
+def check_cu_seqlens(cu_seqlens: object, num_tokens: int, device: torch.device) -> torch.Tensor:
+    """[B + 1] cumulative sequence lengths: 0 first, non-decreasing, T last.
+
+    Equal neighbours (an empty sequence) are allowed. Returns int64 on the CPU.
+    """
+    cu = _index_vector("cu_seqlens", cu_seqlens, device)
+    if cu.numel() == 0:
+        raise ValueError("cu_seqlens must have B + 1 >= 1 entries, got an empty tensor")
+    if cu[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {int(cu[0])}")
+    steps = cu.diff()
+    if bool((steps < 0).any()):
+        at = int(torch.nonzero(steps < 0)[0])
+        raise ValueError(f"cu_seqlens must be non-decreasing, but cu_seqlens[{at + 1}] = {int(cu[at + 1])} "
+                         f"< cu_seqlens[{at}] = {int(cu[at])}")
+    if cu[-1] != num_tokens:
+        raise ValueError(f"cu_seqlens must end at the number of tokens T = {num_tokens}, got {int(cu[-1])}")
+    return cu
+
+
+def check_prefix_lens(prefix_lens: object, seq_lens: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """[B] shared-prefix lengths, 0 <= prefix_lens[b] <= seq_lens[b]. Returns int64 on the CPU."""
+    prefix = _index_vector("prefix_lens", prefix_lens, device)
+    if prefix.numel() != seq_lens.numel():
+        raise ValueError(f"prefix_lens must have one entry per sequence (B = {seq_lens.numel()}), "
+                         f"got {prefix.numel()}")
+    bad = (prefix < 0) | (prefix > seq_lens)
+    if bool(bad.any()):
+        b = int(torch.nonzero(bad)[0])
+        raise ValueError(f"prefix_lens[{b}] = {int(prefix[b])} must lie in [0, {int(seq_lens[b])}] "
+                         f"(the length of sequence {b})")
+    return prefix
+
+
+def check_block_size(block_size: object) -> int:
+    if isinstance(block_size, bool) or not isinstance(block_size, int):
+        raise TypeError(f"block_size must be an int, got {type(block_size).__name__}")
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    return block_size
