@@ -20,7 +20,7 @@ inline ElemType elem_type_of(const at::Tensor& t) {
 // hidden [T, d] with unit column stride; offsets [R + 1] int64 on the CPU.
 inline void check_unit_sums_args(const at::Tensor& hidden, const at::Tensor& offsets) {
   TORCH_CHECK(hidden.dim() == 2, "unit_sums: hidden must be [T, d], got ", hidden.sizes());
-  TORCH_CHECK(hidden.stride(1) == 1, "unit_sums: hidden rows must be contiguous");
+  TORCH_CHECK(hidden.stride(1) == 1 || hidden.size(1) <= 1, "unit_sums: hidden rows must be contiguous");
   TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 && offsets.scalar_type() == at::kLong,
               "unit_sums: offsets must be a 1-D int64 tensor with R + 1 entries");
 }

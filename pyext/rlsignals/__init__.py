@@ -3,7 +3,8 @@
 to make RL post-training cheaper."""
 
 from rlsignals.backends import available_backends
-from rlsignals.ops import AngleStats, BlockCosine, angle_stats, block_cosine
+from rlsignals.ops import AngleStats, BlockCosine, DeltaSVD, angle_stats, block_cosine, delta_svd
 
 __version__ = "0.1.0"
-__all__ = ["AngleStats", "BlockCosine", "angle_stats", "available_backends", "block_cosine", "__version__"]
+__all__ = ["AngleStats", "BlockCosine", "DeltaSVD", "angle_stats", "available_backends", "block_cosine", "delta_svd",
+           "__version__"]

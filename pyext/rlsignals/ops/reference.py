@@ -61,7 +61,7 @@ def block_cosine_reference(hidden, cu_seqlens, block_size, *, exclude_diagonal=F
     block_lens = torch.zeros(num_seqs, nb, dtype=torch.int64)
     for b in range(num_seqs):
         u = _unit(hidden[cu[b]:cu[b + 1]])
-        blocks = list(torch.split(u, block_size))
+        blocks = list(torch.split(u, block_size)) if u.shape[0] else []
         for a, ua in enumerate(blocks):
             block_lens[b, a] = ua.shape[0]
             for c, uc in enumerate(blocks):
@@ -73,3 +73,33 @@ def block_cosine_reference(hidden, cu_seqlens, block_size, *, exclude_diagonal=F
                 cosine[b, a, c] = value
     return BlockCosine(cosine=cosine.to(hidden.device), valid=valid.to(hidden.device),
                        block_lens=block_lens.to(hidden.device))
+
+
+def delta_svd_reference(after, before=None, k=1):
+    """Top-k SVD of after - before by fp64 torch.linalg.svd, one matrix at a time, with
+    delta_svd's sign convention (the first entry of largest |.| of u_i is positive; of v_i
+    where sigma_i = 0). Finite, non-empty batches; fp64 results; err_bound 0 and iters 0."""
+    from rlsignals.ops.svd import DeltaSVD
+
+    unbatched = after.dim() == 2
+    stack = after[None] if unbatched else after
+    delta = stack.double() - (0 if before is None else (before[None] if unbatched else before).double())
+    svals, lefts, rights, frobs = [], [], [], []
+    for dw in delta:
+        u, s, vh = torch.linalg.svd(dw, full_matrices=False)
+        u, s, v = u[:, :k].clone(), s[:k], vh[:k].mT.clone()
+        for i in range(k):
+            if s[i] == 0:
+                u[:, i] = 0
+            ref = u[:, i] if s[i] > 0 else v[:, i]
+            if ref[ref.abs().argmax()] < 0:
+                u[:, i], v[:, i] = -u[:, i], -v[:, i]
+        svals.append(s)
+        lefts.append(u)
+        rights.append(v)
+        frobs.append(torch.linalg.matrix_norm(dw))
+    num = delta.shape[0]
+    out = DeltaSVD(S=torch.stack(svals), U=torch.stack(lefts), V=torch.stack(rights), frob=torch.stack(frobs),
+                   err_bound=delta.new_zeros(num), iters=torch.zeros(num, dtype=torch.int64),
+                   nonfinite=torch.zeros(num, dtype=torch.bool))
+    return DeltaSVD(*(t[0] for t in out)) if unbatched else out

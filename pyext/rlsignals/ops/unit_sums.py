@@ -26,13 +26,24 @@ _CHUNK_ROWS = {"cpp": 256, "triton": 128, "cuda": 64}
 _TRITON_INTERPRETER_CHUNK = 1 << 30  # the interpreter runs programs one by one
 
 
+def segment_sum(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Sums of consecutive row groups: out[r] = sum of the next lengths[r] rows of ``values``."""
+    if values.shape[0] == 0:  # segment_reduce rejects empty input
+        return values.new_zeros(lengths.numel(), *values.shape[1:])
+    return torch.segment_reduce(values, "sum", lengths=lengths, axis=0)
+
+
 def unit_sums_torch(hidden: torch.Tensor, offsets: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure-torch O(T*d) version: normalise in fp32, then segment sums."""
+    """Pure-torch O(T*d) version: normalise in fp32, then add rows into their range.
+
+    (index_add_ rather than segment_reduce: about 30x faster on the CPU.)
+    """
     x = hidden.float()
     inv = 1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(eps)
     lengths = offsets.diff().to(hidden.device)
-    sums = torch.segment_reduce(x * inv[:, None], "sum", lengths=lengths, axis=0)
-    sqsums = torch.segment_reduce(x.square().sum(1) * inv.square(), "sum", lengths=lengths)
+    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=hidden.device), lengths)
+    sums = x.new_zeros(lengths.numel(), x.shape[1]).index_add_(0, owner, x * inv[:, None])
+    sqsums = x.new_zeros(lengths.numel()).index_add_(0, owner, x.square().sum(1) * inv.square())
     return sums, sqsums
 
 
@@ -75,5 +86,4 @@ def unit_sums(hidden: torch.Tensor, offsets: torch.Tensor, backend: str, eps: fl
     if bool((counts == 1).all()):
         return partial_sums, partial_sq
     counts = counts.to(hidden.device)
-    return (torch.segment_reduce(partial_sums, "sum", lengths=counts, axis=0),
-            torch.segment_reduce(partial_sq, "sum", lengths=counts))
+    return segment_sum(partial_sums, counts), segment_sum(partial_sq, counts)

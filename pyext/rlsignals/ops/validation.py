@@ -25,7 +25,8 @@ def check_hidden(hidden: object, name: str = "hidden") -> torch.Tensor:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {hidden.dtype}")
     if hidden.shape[1] == 0:
         raise ValueError(f"{name} must have a hidden size d >= 1, got shape {tuple(hidden.shape)}")
-    return hidden if hidden.stride(1) == 1 else hidden.contiguous()
+    rows_contiguous = hidden.stride(1) == 1 or hidden.shape[1] == 1
+    return hidden if rows_contiguous else hidden.contiguous()
 
 
 def _index_vector(name: str, value: object, device: torch.device) -> torch.Tensor:

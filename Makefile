@@ -1,0 +1,35 @@
+# The README's commands. Each works on a fresh machine by itself: it creates
+# (or reuses) a virtual environment that also sees the system's packages, so a
+# torch already installed is used as is; installs torch ($(TORCH_SPEC)) only
+# when none is importable; installs rlsignals in editable mode; and compiles
+# the C++ (and, where torch has CUDA, the CUDA) kernels once.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rlsignals-installed
+
+.PHONY: demo test bench doctor clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -e ".[test]"
+	-$(PY) -m rlsignals build
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m rlsignals demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	cd bench && ../$(PY) angle_stats.py
+
+doctor: $(STAMP)
+	$(PY) -m rlsignals doctor
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

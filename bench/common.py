@@ -1,0 +1,156 @@
+"""Shared benchmark harness: timing, peak memory, machine facts, JSON output.
+
+Timings are medians (with p20/p80) of repeated calls after a warm-up; CUDA
+calls are synchronised. Peak memory is the extra memory a call needs: on CUDA
+torch.cuda.max_memory_allocated; on the CPU the peak resident set size,
+sampled every 0.2 ms while the call runs, above the size before it. Call
+``pin_glibc_mmap_threshold()`` after all timings and before measuring CPU
+memory: it makes glibc return blocks of 64 KiB and more to the OS at once, so
+freed memory is not reused unseen (and page faults then cost more, which is why
+timings come first).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def pin_glibc_mmap_threshold() -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD: blocks >= 64 KiB are mmapped and unmapped on free
+        libc.mallopt(-1, 1 << 16)  # M_TRIM_THRESHOLD
+    except OSError:
+        pass
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, *, min_seconds: float = 1.0,
+              max_reps: int = 50, min_reps: int = 3) -> dict:
+    """Median / p20 / p80 wall time in ms of fn() (one warm-up call first)."""
+    fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    quantiles = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+    return {"median_ms": statistics.median(times), "p20_ms": quantiles[1], "p80_ms": quantiles[7], "reps": len(times)}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Extra memory needed by one call of fn()."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    before = _rss_bytes()
+    peak = before
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            time.sleep(0.0002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak, _rss_bytes()) - before
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device) -> dict:
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception:  # noqa: BLE001
+        triton_version = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=False).stdout.strip() or None
+    except OSError:
+        commit = None
+    from rlsignals import __version__
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {_cpu_model()}",
+        "cpu": _cpu_model(),
+        "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "rlsignals": __version__,
+        "git_commit": commit,
+    }
+
+
+def device_tag(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).replace("NVIDIA ", "").replace(" ", "-")
+    return "cpu"
+
+
+def write_results(op: str, device: torch.device, records: list[dict], extra: dict | None = None) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{op}-{device_tag(device)}.json"
+    payload = {"op": op, "machine": machine_info(device), **(extra or {}), "results": records}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def print_table(records: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    """columns: (key, header, format spec); missing values print as '-'."""
+    headers = [h for _, h, _ in columns]
+    rows = [[("-" if r.get(k) is None else format(r[k], f)) for k, _, f in columns] for r in records]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    for row in rows:
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths)))

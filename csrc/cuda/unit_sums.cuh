@@ -1,0 +1,43 @@
+// Sums of unit-normalised rows over contiguous row ranges (CUDA).
+//
+// For hidden states h_i (row i of a row-major [T, d] matrix whose rows start
+// row_stride elements apart, columns contiguous) and
+// u_i = h_i / max(||h_i||_2, eps), range r = rows [offsets[r], offsets[r+1]):
+//
+//     sums[r, :] = sum_{i in r} u_i            (fp32, [R, d], row-major, contiguous)
+//     sqsums[r]  = sum_{i in r} ||u_i||^2      (fp32, [R]; 1 per non-zero row)
+//
+// The same math as the CPU kernel (csrc/unit_sums.h): each input element is
+// read from device memory once, in its own type, and accumulated in fp32. An
+// empty range gives zeros. A row holding NaN or inf makes its range's sqsums
+// NaN, and NaN in sums where that row's u is undefined (every column for a NaN
+// row; the inf columns for an inf row, whose u is inf/inf); other ranges are
+// untouched. Results are deterministic: a fixed reduction order, no atomics.
+//
+// Plain CUDA (raw pointers and a stream, no torch headers), so that nvcc can
+// compile it on a machine without a GPU; the torch binding is
+// csrc/bindings/cuda_ops.cpp. This header is also read by the host compiler.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "../elem_type.h"
+
+namespace rlsignals::cuda {
+
+// hidden: device pointer to element (0, 0) of the [T, d] matrix, of type `type`.
+// d >= 0; row_stride: elements between consecutive rows (any value, 0 included).
+// offsets: device pointer to R + 1 non-decreasing row indices in [0, T]
+//   (trusted: not checked, as in the CPU kernel).
+// sums [R, d] and sqsums [R]: device pointers, overwritten.
+// All pointers on the device current for `stream`. Any d is supported: up to
+// 32768 16-bit or 16384 fp32 columns (d * elem_size a multiple of 16 and 16-byte
+// aligned hidden and sums) rows stay in registers; other shapes take slower paths.
+// Returns cudaErrorInvalidValue for d < 0 or num_ranges < 0, cudaSuccess
+// without a launch for num_ranges == 0, else the launch's error code.
+cudaError_t launch_unit_sums(const void* hidden, ElemType type, int64_t d, int64_t row_stride,
+                             const int64_t* offsets, int64_t num_ranges, float eps, float* sums,
+                             float* sqsums, cudaStream_t stream);
+
+}  // namespace rlsignals::cuda

@@ -1,0 +1,5 @@
+import sys
+
+from rlsignals.cli import main
+
+sys.exit(main())

@@ -1,0 +1,265 @@
+"""delta_svd: top-k singular triplets of dW = after - before, with a certified error bound.
+
+Algorithm (per batch member, all members advanced together; a member that has
+converged leaves the batch):
+
+    X_0 = orthonormal basis of [init | Gaussian columns]      [n, p], p = k + oversample
+    repeat (one pass over after/before each):
+        Y, Z = dW X, dW^T (dW X)                  fused product (ops/svd_products.py)
+        V = X L^-T with L L^T = X^T X (fp64)      exactly orthonormal basis of span(X)
+        Rayleigh-Ritz: eig(V^T Z L^-T) = W Theta W^T; Ritz vectors V W, G V W = Z L^-T W
+        bound theta_1..k from the residual R = G V W - V W Theta (ops/svd_bound.py)
+        X <- orthonormal basis of G V W            (one step of block subspace iteration)
+
+Iterations run in fp32. When the fp32 bound says a member is within ``tol`` (or at its
+last iteration), its next pass runs with fp64 accumulation and certifies: the bound
+computed from that pass holds for the exact dW, with every rounding of the pass
+counted (``_margin``). The member stops when the certified bound is within ``tol``.
+Each returned ``err_bound`` comes from such a certified pass.
+
+What err_bound bounds: max_i |S_i - sigma_i| / sigma_1 (i = 1..k), the error of the
+returned fp32 S relative to the top singular value, the accuracy a dense SVD gives too.
+For k = 1 it is the relative error of sigma_1. The bound is tight (quadratic in the
+residual) when the top Ritz values hold most of ||dW||_F^2, as for the rank-1-dominated
+updates of RL; on a flat spectrum it stays large, honestly (ops/svd_bound.py).
+
+Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i
+>= 0. Signs: the entry of largest magnitude of each u_i (the first such) is positive;
+where S_i = 0, u_i is zero and the same rule applies to v_i. Random starts: member b
+draws from a generator seeded by (seed, b), on the CPU in fp64, so results do not depend
+on the device, the batch's other members or the thread count of the torch backend.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from rlsignals.backends import resolve_backend
+from rlsignals.ops.svd_bound import eigenvalue_bounds, relative_error_bound
+from rlsignals.ops.svd_products import delta_gram_product, product_backend
+from rlsignals.ops.svd_validation import check_delta_svd_args
+
+DEFAULT_MAX_ITERS = 64
+_U32 = 2.0 ** -24
+_U64 = 2.0 ** -53
+
+
+class DeltaSVD(NamedTuple):
+    """Top-k singular triplets of after - before. Shapes for a batch of B matrices [m, n];
+    an unbatched [m, n] input gives the same without the leading B.
+
+    S: fp32 [B, k], descending. U: fp32 [B, m, k]. V: fp32 [B, n, k].
+    frob: fp32 [B], ||after - before||_F.
+    err_bound: fp32 [B], certified bound on max_i |S_i - sigma_i| / sigma_1 (0 for a zero
+        delta, inf when sigma_1 could not be bounded away from 0).
+    iters: int64 [B], passes over the inputs (products) this member took.
+    nonfinite: bool [B], True where the delta has a NaN/inf entry or overflows fp32 in the
+        products; that member's S, U, V, frob and err_bound are NaN and the others are
+        unaffected.
+    """
+
+    S: torch.Tensor
+    U: torch.Tensor
+    V: torch.Tensor
+    frob: torch.Tensor
+    err_bound: torch.Tensor
+    iters: torch.Tensor
+    nonfinite: torch.Tensor
+
+
+class _RitzStep(NamedTuple):
+    theta: torch.Tensor    # fp64 [b, p] descending
+    vecs: torch.Tensor     # fp64 [b, n, p] Ritz vectors
+    left: torch.Tensor     # fp64 [b, m, p] dW @ vecs
+    g_vecs: torch.Tensor   # fp64 [b, n, p] G @ vecs (as computed)
+    lo: torch.Tensor       # fp64 [b, k] lower bounds on sigma_i^2
+    hi: torch.Tensor       # fp64 [b, k] upper bounds on sigma_i^2
+    frob2: torch.Tensor    # fp64 [b]
+
+
+def default_block_size(k: int, n: int, oversample: int | None) -> int:
+    """p = k + oversample, capped at n; by default a multiple of 16 with >= 8 extra columns."""
+    p = 16 * math.ceil((k + 8) / 16) if oversample is None else k + oversample
+    return min(p, n)
+
+
+def member_generator(seed: int, member: int) -> torch.Generator:
+    """CPU generator for batch member ``member``, independent across (seed, member)."""
+    state = np.random.SeedSequence([seed, member]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def start_basis(n: int, p: int, seed: int, members: range, init: torch.Tensor | None,
+                device: torch.device) -> torch.Tensor:
+    """fp32 [B, n, p]: orthonormal basis of [init columns | seeded Gaussian columns]."""
+    blocks = []
+    for b in members:
+        block = torch.randn(n, p, generator=member_generator(seed, b), dtype=torch.float64)
+        if init is not None:
+            cols = min(p, init.shape[2])
+            block[:, :cols] = init[b, :, :cols].to("cpu", torch.float64)
+        blocks.append(block)
+    q = torch.linalg.qr(torch.stack(blocks)).Q
+    return q.to(device, torch.float32)
+
+
+def _margin(frob2: torch.Tensor, orth_err: torch.Tensor, m: int, n: int, p: int, dtype: torch.dtype) -> torch.Tensor:
+    """Bound on ||computed G V - exact G V||_2 for the pass's accumulation dtype.
+
+    fp64 (certifying): every entry of Y, Z is a sum of n resp. m products in any order,
+    so |error| <= (gamma_n + gamma_m + 3u) |dW|^T |dW| |V| entrywise, whose 2-norm is
+    <= (...) ||dW||_F^2 sqrt(p); the fp64 small-matrix work (Cholesky, solves, Ritz step)
+    and V's departure from orthonormality (orth_err, measured) add the rest; the
+    constants are generous. fp32: the typical (sqrt-n) rounding, an estimate only.
+    """
+    if dtype == torch.float64:
+        return frob2 * (math.sqrt(p) * (4 * (m + n + p) + 64) * _U64 + 2 * (orth_err + (n + p) * _U64))
+    return frob2 * math.sqrt(p) * math.sqrt(m + n) * _U32
+
+
+def _ritz_step(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, frob2: torch.Tensor, k: int,
+               dtype: torch.dtype) -> _RitzStep:
+    """Rayleigh-Ritz on span(x) from Y = dW x, Z = G x (fp64 algebra) and the eigenvalue bounds."""
+    x, y, z = x.double(), y.double(), z.double()
+    b, n, p = x.shape
+    chol = torch.linalg.cholesky(x.mT @ x)
+    basis = torch.linalg.solve_triangular(chol, x.mT, upper=False).mT           # x L^-T
+    g_basis = torch.linalg.solve_triangular(chol, z.mT, upper=False).mT
+    left_basis = torch.linalg.solve_triangular(chol, y.mT, upper=False).mT
+    h = basis.mT @ g_basis
+    theta, w = torch.linalg.eigh((h + h.mT) / 2)
+    theta, w = theta.flip(1), w.flip(2)
+    vecs, g_vecs, left = basis @ w, g_basis @ w, left_basis @ w
+    resid = g_vecs - vecs * theta[:, None, :]
+    eye = torch.eye(p, dtype=torch.float64, device=x.device)
+    orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye)
+    margin = _margin(frob2, orth_err, y.shape[1], n, p, dtype)
+    slack = (n + y.shape[1] + 4) * (_U64 if dtype == torch.float64 else _U32)
+    lo, hi = eigenvalue_bounds(theta, resid.mT @ resid, vecs.mT @ resid, frob2 * (1 + slack), margin, k)
+    return _RitzStep(theta, vecs, left, g_vecs, lo, hi, frob2)
+
+
+def _fix_signs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip (u_i, v_i) so the first entry of largest |.| of u_i (of v_i where u_i = 0) is > 0."""
+    ref = torch.where((u.abs().amax(1) > 0)[:, None, :].expand_as(u[:, :1]), u.abs().argmax(1, keepdim=True), -1)
+    pick_u = torch.gather(u, 1, ref.clamp_min(0))
+    pick_v = torch.gather(v, 1, v.abs().argmax(1, keepdim=True))
+    sign = torch.where(ref >= 0, pick_u.sign(), pick_v.sign())
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return u * sign, v * sign
+
+
+def _finish(step: _RitzStep, k: int) -> tuple[torch.Tensor, ...]:
+    """Final S, U, V, frob, err_bound (fp32) of certified members."""
+    s = step.theta[:, :k].clamp_min(0).sqrt().float()
+    left = step.left[:, :, :k]
+    norms = torch.linalg.vector_norm(left, dim=1, keepdim=True)
+    u = torch.where(norms > 0, left / torch.where(norms > 0, norms, 1), 0)
+    u, v = _fix_signs(u, step.vecs[:, :, :k])
+    err = relative_error_bound(s.double(), step.lo, step.hi)
+    err32 = err.float()
+    err32 = torch.where(err32.double() < err, torch.nextafter(err32, torch.full_like(err32, math.inf)), err32)
+    return s, u.float(), v.float(), step.frob2.sqrt().float(), err32
+
+
+def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 1, *, tol: float = 1e-4,
+              max_iters: int | None = None, oversample: int | None = None, seed: int = 0,
+              init: torch.Tensor | None = None, backend: str = "auto") -> DeltaSVD:
+    """Top-k singular values and vectors of after - before (or of after alone), certified.
+
+    after, before: [B, m, n] or [m, n], float32/float16/bfloat16, same shape, dtype and
+        device; before=None means the top-k of ``after`` itself. Rows need not be
+        contiguous (a copy is made when they are not).
+    k: number of triplets, 1 <= k <= min(m, n).
+    tol: stop a member once err_bound (see DeltaSVD) is <= tol.
+    max_iters: passes per member at most (default 64); the last one certifies.
+    oversample: extra columns of the iterated block (default: block of 16 for k <= 8).
+    seed: seeds member b's random start with (seed, b).
+    init: [B, n, c] (or [n, c]) warm start, e.g. the V of a previous checkpoint; its first
+        min(c, k + oversample) columns start the block, random columns fill the rest.
+    backend: "auto", "torch", "cpp", "triton" or "cuda" (the fused product's backend).
+
+    Returns DeltaSVD; unbatched input gives unbatched output (like torch.linalg).
+    """
+    args = check_delta_svd_args(after, before, k, tol, max_iters, oversample, seed, init)
+    name = product_backend(resolve_backend(backend, args.after.device), backend)
+    max_iters = DEFAULT_MAX_ITERS if args.max_iters is None else args.max_iters
+    out = _solve(args.after, args.before, k, tol, max_iters, oversample, seed, args.init, name)
+    if args.unbatched:
+        return DeltaSVD(*(t[0] for t in out))
+    return out
+
+
+class _Outputs:
+    """Results being filled in, member by member, as members finish."""
+
+    def __init__(self, num: int, m: int, n: int, k: int, device: torch.device):
+        nan = math.nan
+        self.S = torch.full((num, k), nan, device=device)
+        self.U = torch.full((num, m, k), nan, device=device)
+        self.V = torch.full((num, n, k), nan, device=device)
+        self.frob = torch.full((num,), nan, device=device)
+        self.err_bound = torch.full((num,), nan, device=device)
+        self.iters = torch.zeros(num, dtype=torch.int64)
+        self.nonfinite = torch.zeros(num, dtype=torch.bool)
+
+    def store(self, members: torch.Tensor, step: _RitzStep, k: int) -> None:
+        at = members.to(self.S.device)
+        self.S[at], self.U[at], self.V[at], self.frob[at], self.err_bound[at] = _finish(step, k)
+
+    def result(self) -> DeltaSVD:
+        device = self.S.device
+        return DeltaSVD(self.S, self.U, self.V, self.frob, self.err_bound, self.iters.to(device),
+                        self.nonfinite.to(device))
+
+
+def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend) -> DeltaSVD:
+    num, m, n = after.shape
+    device = after.device
+    out = _Outputs(num, m, n, k, device)
+    if num == 0:
+        return out.result()
+    p = default_block_size(k, n, oversample)
+    x = start_basis(n, p, seed, range(num), init, device)       # fp32 [num, n, p]
+    running = torch.ones(num, dtype=torch.bool)
+    certify_next = torch.zeros(num, dtype=torch.bool)
+    trigger = torch.full((num,), float(tol), dtype=torch.float64)  # fp32 estimate that calls for a certifying pass
+    for it in range(1, max_iters + 1):
+        active = torch.nonzero(running).flatten()
+        if active.numel() == 0:
+            break
+        certifying = certify_next[active] | (it == max_iters)
+        for dtype, group in ((torch.float32, active[~certifying]), (torch.float64, active[certifying])):
+            if group.numel() == 0:
+                continue
+            at = group.to(device)
+            y, z, frob2 = delta_gram_product(after, before, x[at].to(dtype), group, backend)
+            out.iters[group] += 1
+            finite = (torch.isfinite(frob2) & torch.isfinite(y).flatten(1).all(1)
+                      & torch.isfinite(z).flatten(1).all(1)).cpu()
+            out.nonfinite[group[~finite]] = True
+            running[group[~finite]] = False
+            if not bool(finite.any()):
+                continue
+            fin = finite.to(device)
+            group, at = group[finite], at[fin]
+            step = _ritz_step(x[at], y[fin], z[fin], frob2[fin], k, dtype)
+            bound = relative_error_bound(step.theta[:, :k].clamp_min(0).sqrt(), step.lo, step.hi).cpu()
+            if dtype == torch.float64:
+                done = (bound <= tol) | (it == max_iters)
+                out.store(group[done], _take(step, done.to(device)), k)
+                running[group[done]] = False
+                certify_next[group] = False
+                trigger[group[~done]] /= 4  # a failed certificate asks for a 4x better estimate
+            else:
+                certify_next[group] = bound <= trigger[group]
+            x[at] = torch.linalg.qr(step.g_vecs).Q.float()
+    return out.result()
+
+
+def _take(step: _RitzStep, mask: torch.Tensor) -> _RitzStep:
+    return _RitzStep(*(t[mask] for t in step))

@@ -1,0 +1,83 @@
+"""Backend dispatch, the fallback when no extension is built, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import rlsignals
+from rlsignals.backends import BACKENDS, resolve_backend
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env}, check=False)
+
+
+def test_available_backends_lists_every_backend_with_a_reason():
+    status = rlsignals.available_backends()
+    assert tuple(status) == BACKENDS
+    for live, reason in status.values():
+        assert isinstance(live, bool) and isinstance(reason, str) and reason
+    assert status["torch"][0] and status["cpp"][0]
+
+
+def test_auto_picks_cpp_for_cpu_tensors():
+    assert resolve_backend("auto", torch.device("cpu")) == "cpp"
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="backend 'triton' is not available: no CUDA device"):
+        resolve_backend("triton", torch.device("cpu"))
+
+
+FALLBACK = """
+import warnings, torch, rlsignals
+from rlsignals.ops.reference import angle_stats_reference
+h = torch.randn(12, 5); cu = torch.tensor([0, 5, 12]); p = torch.tensor([2, 3])
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    a = rlsignals.angle_stats(h, cu, p)
+    b = rlsignals.block_cosine(h, cu, 4)
+ref = angle_stats_reference(h, cu, p)
+assert torch.allclose(a.intra, ref.intra, atol=1e-6) and torch.allclose(a.inter, ref.inter, atol=1e-6)
+print(len(caught), caught[0].category.__name__, caught[0].message)
+try:
+    rlsignals.angle_stats(h, cu, p, backend="cpp")
+except RuntimeError as e:
+    print("explicit:", e)
+"""
+
+
+def test_without_extension_auto_falls_back_to_torch_with_one_warning():
+    result = run_python(FALLBACK, RLSIGNALS_NO_EXTENSION="1")
+    assert result.returncode == 0, result.stderr
+    first, explicit = result.stdout.strip().splitlines()
+    assert first.startswith("1 RuntimeWarning") and "using the torch backend" in first
+    assert "backend 'cpp' is not available: disabled by RLSIGNALS_NO_EXTENSION=1" in explicit
+
+
+def test_doctor_reports_backends():
+    result = subprocess.run([sys.executable, "-m", "rlsignals", "doctor"], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "cpp      yes   built" in result.stdout
+    assert "torch    yes" in result.stdout
+
+
+def test_demo_showcase_writes_its_numbers_and_plot(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rlsignals", "demo", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "showcase.json").read_text())
+    assert (tmp_path / "block_cosine.png").stat().st_size > 1000
+    assert len(summary["prompts"]) == 12
+    assert summary["backend_max_abs_diff_vs_reference"]["cpp"] < 1e-5
+    scores = [p["score"] for p in summary["prompts"]]
+    assert scores == sorted(scores, reverse=True)
