@@ -31,9 +31,12 @@ namespace rlsignals::cuda {
 // offsets: device pointer to R + 1 non-decreasing row indices in [0, T]
 //   (trusted: not checked, as in the CPU kernel).
 // sums [R, d] and sqsums [R]: device pointers, overwritten.
-// All pointers on the device current for `stream`. Any d is supported: up to
-// 32768 16-bit or 16384 fp32 columns (d * elem_size a multiple of 16 and 16-byte
-// aligned hidden and sums) rows stay in registers; other shapes take slower paths.
+// All pointers on the device current for `stream`. Any d and alignment work.
+// Fastest (the range's sums in registers, 16-byte loads) when d * elem_size and
+// row_stride * elem_size are multiples of 16, hidden and sums are 16-byte
+// aligned, and d <= 32768 (fp16/bf16) or 16384 (fp32). Other rows of up to 4096
+// elements also keep the sums in registers (one element per load); past that a
+// slower kernel reads each row twice.
 // Returns cudaErrorInvalidValue for d < 0 or num_ranges < 0, cudaSuccess
 // without a launch for num_ranges == 0, else the launch's error code.
 cudaError_t launch_unit_sums(const void* hidden, ElemType type, int64_t d, int64_t row_stride,

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 EXTENSION_NAME = "rlsignals_C"
-CPU_SOURCES = ("unit_sums.cpp", "bindings/ops.cpp")
+CPU_SOURCES = ("unit_sums.cpp", "bindings/ops.cpp", "delta_products.cpp", "bindings/svd_ops.cpp")
 CUDA_SOURCES = ("cuda/unit_sums.cu", "bindings/cuda_ops.cpp")
 
 

@@ -7,6 +7,7 @@ extension is not available. An explicit choice that cannot run raises.
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 
@@ -23,11 +24,18 @@ def triton_interpreter() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _triton_status() -> tuple[bool, str]:
+@functools.cache
+def _triton_import_error() -> str:
     try:
         import triton  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - a broken install is "not live"
-        return False, f"triton not importable: {exc}"
+        return f"triton not importable: {exc}"
+    return ""
+
+
+def _triton_status() -> tuple[bool, str]:
+    if _triton_import_error():
+        return False, _triton_import_error()
     if torch.cuda.is_available():
         return True, "CUDA device present"
     if triton_interpreter():

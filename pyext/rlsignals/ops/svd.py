@@ -58,8 +58,12 @@ class DeltaSVD(NamedTuple):
         delta, inf when sigma_1 could not be bounded away from 0).
     iters: int64 [B], passes over the inputs (products) this member took.
     nonfinite: bool [B], True where the delta has a NaN/inf entry or overflows fp32 in the
-        products; that member's S, U, V, frob and err_bound are NaN and the others are
-        unaffected.
+        products; that member's S, U, V, frob, err_bound and basis are NaN and the others
+        are unaffected.
+    basis: fp32 [B, n, p], the final iterated block (Ritz vectors, V its first k columns).
+        Pass it as ``init`` for the next checkpoint of the same module: the certificate
+        needs the whole block converged, so a full-block warm start saves far more
+        passes than V alone.
     """
 
     S: torch.Tensor
@@ -69,6 +73,7 @@ class DeltaSVD(NamedTuple):
     err_bound: torch.Tensor
     iters: torch.Tensor
     nonfinite: torch.Tensor
+    basis: torch.Tensor
 
 
 class _RitzStep(NamedTuple):
@@ -107,18 +112,24 @@ def start_basis(n: int, p: int, seed: int, members: range, init: torch.Tensor | 
     return q.to(device, torch.float32)
 
 
-def _margin(frob2: torch.Tensor, orth_err: torch.Tensor, m: int, n: int, p: int, dtype: torch.dtype) -> torch.Tensor:
-    """Bound on ||computed G V - exact G V||_2 for the pass's accumulation dtype.
+def _rounding(frob2: torch.Tensor, orth_err: torch.Tensor, m: int, n: int, p: int,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(margin, frob2 to use) for eigenvalue_bounds after a pass in ``dtype``.
 
-    fp64 (certifying): every entry of Y, Z is a sum of n resp. m products in any order,
-    so |error| <= (gamma_n + gamma_m + 3u) |dW|^T |dW| |V| entrywise, whose 2-norm is
-    <= (...) ||dW||_F^2 sqrt(p); the fp64 small-matrix work (Cholesky, solves, Ritz step)
-    and V's departure from orthonormality (orth_err, measured) add the rest; the
-    constants are generous. fp32: the typical (sqrt-n) rounding, an estimate only.
+    fp64 (certifying): margin >= ||computed G V - exact G V||_2. Every entry of Y, Z is a
+    sum of n resp. m products in any order, so |error| <= (gamma_n + gamma_m + 3u)
+    |dW|^T |dW| |V| entrywise, whose 2-norm is <= (...) ||dW||_F^2 sqrt(p); the fp64
+    small-matrix work (Cholesky, solves, Ritz step) and V's measured departure from
+    orthonormality (orth_err) add the rest, with generous constants. frob2 is rounded
+    up by its own bound (squares summed over rows of n, rows in fp64).
+    fp32 (estimating): the typical (square-root) rounding of the pass is taken OFF the
+    residuals and frob2 is rounded down, predicting what the certifying pass will find.
     """
     if dtype == torch.float64:
-        return frob2 * (math.sqrt(p) * (4 * (m + n + p) + 64) * _U64 + 2 * (orth_err + (n + p) * _U64))
-    return frob2 * math.sqrt(p) * math.sqrt(m + n) * _U32
+        margin = frob2 * (math.sqrt(p) * (4 * (m + n + p) + 64) * _U64 + 2 * (orth_err + (n + p) * _U64))
+        return margin, frob2 * (1 + (n + m + 4) * _U64)
+    floor = math.sqrt(p * (m + n)) * _U32
+    return -frob2 * floor, frob2 * (1 - floor)
 
 
 def _ritz_step(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, frob2: torch.Tensor, k: int,
@@ -137,9 +148,8 @@ def _ritz_step(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, frob2: torch.T
     resid = g_vecs - vecs * theta[:, None, :]
     eye = torch.eye(p, dtype=torch.float64, device=x.device)
     orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye)
-    margin = _margin(frob2, orth_err, y.shape[1], n, p, dtype)
-    slack = (n + y.shape[1] + 4) * (_U64 if dtype == torch.float64 else _U32)
-    lo, hi = eigenvalue_bounds(theta, resid.mT @ resid, vecs.mT @ resid, frob2 * (1 + slack), margin, k)
+    margin, frob2_used = _rounding(frob2, orth_err, y.shape[1], n, p, dtype)
+    lo, hi = eigenvalue_bounds(theta, resid.mT @ resid, vecs.mT @ resid, frob2_used, margin, k)
     return _RitzStep(theta, vecs, left, g_vecs, lo, hi, frob2)
 
 
@@ -154,16 +164,17 @@ def _fix_signs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def _finish(step: _RitzStep, k: int) -> tuple[torch.Tensor, ...]:
-    """Final S, U, V, frob, err_bound (fp32) of certified members."""
+    """Final S, U, V, frob, err_bound, basis (fp32) of certified members."""
     s = step.theta[:, :k].clamp_min(0).sqrt().float()
     left = step.left[:, :, :k]
     norms = torch.linalg.vector_norm(left, dim=1, keepdim=True)
     u = torch.where(norms > 0, left / torch.where(norms > 0, norms, 1), 0)
     u, v = _fix_signs(u, step.vecs[:, :, :k])
+    basis = torch.cat([v, step.vecs[:, :, k:]], 2)
     err = relative_error_bound(s.double(), step.lo, step.hi)
     err32 = err.float()
     err32 = torch.where(err32.double() < err, torch.nextafter(err32, torch.full_like(err32, math.inf)), err32)
-    return s, u.float(), v.float(), step.frob2.sqrt().float(), err32
+    return s, u.float(), v.float(), step.frob2.sqrt().float(), err32, basis.float()
 
 
 def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 1, *, tol: float = 1e-4,
@@ -179,8 +190,9 @@ def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 
     max_iters: passes per member at most (default 64); the last one certifies.
     oversample: extra columns of the iterated block (default: block of 16 for k <= 8).
     seed: seeds member b's random start with (seed, b).
-    init: [B, n, c] (or [n, c]) warm start, e.g. the V of a previous checkpoint; its first
-        min(c, k + oversample) columns start the block, random columns fill the rest.
+    init: [B, n, c] (or [n, c]) warm start, best the ``basis`` of a previous checkpoint's
+        result (or its V); the first min(c, p) columns start the block, random columns
+        fill the rest.
     backend: "auto", "torch", "cpp", "triton" or "cuda" (the fused product's backend).
 
     Returns DeltaSVD; unbatched input gives unbatched output (like torch.linalg).
@@ -197,7 +209,7 @@ def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 
 class _Outputs:
     """Results being filled in, member by member, as members finish."""
 
-    def __init__(self, num: int, m: int, n: int, k: int, device: torch.device):
+    def __init__(self, num: int, m: int, n: int, k: int, p: int, device: torch.device):
         nan = math.nan
         self.S = torch.full((num, k), nan, device=device)
         self.U = torch.full((num, m, k), nan, device=device)
@@ -206,24 +218,25 @@ class _Outputs:
         self.err_bound = torch.full((num,), nan, device=device)
         self.iters = torch.zeros(num, dtype=torch.int64)
         self.nonfinite = torch.zeros(num, dtype=torch.bool)
+        self.basis = torch.full((num, n, p), nan, device=device)
 
     def store(self, members: torch.Tensor, step: _RitzStep, k: int) -> None:
         at = members.to(self.S.device)
-        self.S[at], self.U[at], self.V[at], self.frob[at], self.err_bound[at] = _finish(step, k)
+        self.S[at], self.U[at], self.V[at], self.frob[at], self.err_bound[at], self.basis[at] = _finish(step, k)
 
     def result(self) -> DeltaSVD:
         device = self.S.device
         return DeltaSVD(self.S, self.U, self.V, self.frob, self.err_bound, self.iters.to(device),
-                        self.nonfinite.to(device))
+                        self.nonfinite.to(device), self.basis)
 
 
 def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend) -> DeltaSVD:
     num, m, n = after.shape
     device = after.device
-    out = _Outputs(num, m, n, k, device)
+    p = default_block_size(k, n, oversample)
+    out = _Outputs(num, m, n, k, p, device)
     if num == 0:
         return out.result()
-    p = default_block_size(k, n, oversample)
     x = start_basis(n, p, seed, range(num), init, device)       # fp32 [num, n, p]
     running = torch.ones(num, dtype=torch.bool)
     certify_next = torch.zeros(num, dtype=torch.bool)

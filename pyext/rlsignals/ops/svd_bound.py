@@ -29,9 +29,11 @@ max(theta_i + s_j, c_j) + e_j (first order, the honest answer on a flat spectrum
 no cheap certificate can be tight: a trace and a residual cannot tell a dense spectrum's
 top eigenvalue from its neighbours).
 
-Rounding. The caller passes ``margin`` >= the 2-norm of (computed G V) - (exact G V) for its
-V, and ``frob2_hi`` >= F^2; e_j and s_j are inflated by ``margin`` here, so the bounds
-hold for the exact G.
+Rounding. To certify, the caller passes ``margin`` >= the 2-norm of (computed G V) - (exact
+G V) for its V, and ``frob2`` >= F^2; e_j and s_j are inflated by ``margin`` here, so the
+bounds hold for the exact G. A negative ``margin`` (and a ``frob2`` rounded down) instead
+removes a rounding floor: an optimistic estimate of what a more accurate pass would
+certify, used only to decide when to run one.
 """
 
 from __future__ import annotations
@@ -50,23 +52,23 @@ def _root_above(t: torch.Tensor, c: torch.Tensor, e: torch.Tensor) -> torch.Tens
     return torch.maximum(t, c) + torch.where(e > 0, shift, torch.zeros_like(shift))
 
 
-def eigenvalue_bounds(theta: torch.Tensor, rtr: torch.Tensor, vtr: torch.Tensor, frob2_hi: torch.Tensor,
+def eigenvalue_bounds(theta: torch.Tensor, rtr: torch.Tensor, vtr: torch.Tensor, frob2: torch.Tensor,
                       margin: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Certified lo <= lambda_i(G) <= hi for i = 1..k (module docstring).
+    """lo <= lambda_i(G) <= hi for i = 1..k (module docstring), certified when margin >= 0.
 
     theta: fp64 [b, p], descending Ritz values. rtr: R^T R [b, p, p]. vtr: V^T R [b, p, p]
-    (V the Ritz vectors). frob2_hi: [b] upper bound on ||dW||_F^2. margin: [b] bound on the
+    (V the Ritz vectors). frob2: [b] upper bound on ||dW||_F^2. margin: [b] bound on the
     rounding of G V. Returns (lo, hi), fp64 [b, k].
     """
     p = theta.shape[1]
     cum = theta.cumsum(1)
-    hi = frob2_hi[:, None].expand(-1, k).clone()
+    hi = frob2[:, None].expand(-1, k).clone()
     lo = None
     for j in range(k, p + 1):
         top = torch.linalg.eigvalsh(rtr[:, :j, :j])[:, -1].clamp_min(0)
-        e = torch.sqrt(top) * (1 + _FP64_SLACK) + margin
-        s = torch.linalg.matrix_norm(vtr[:, :j, :j]) * (1 + _FP64_SLACK) + margin  # Frobenius >= 2-norm
-        c = (frob2_hi - cum[:, j - 1] + j * s).clamp_min(0)
+        e = (torch.sqrt(top) * (1 + _FP64_SLACK) + margin).clamp_min(0)
+        s = (torch.linalg.matrix_norm(vtr[:, :j, :j]) * (1 + _FP64_SLACK) + margin).clamp_min(0)  # Frobenius >= 2-norm
+        c = (frob2 - cum[:, j - 1] + j * s).clamp_min(0)
         x = _root_above(theta[:, :k] + s[:, None], c[:, None].expand(-1, k), e[:, None].expand(-1, k))
         hi = torch.minimum(hi, x * (1 + _FP64_SLACK))
         if lo is None:

@@ -47,12 +47,11 @@ def _check_init(init: object, after: torch.Tensor, unbatched: bool) -> torch.Ten
         return None
     t = _require_tensor("init", init)
     num, _, n = after.shape
-    expected = "[n, c]" if unbatched else "[B, n, c]"
-    if t.dim() != (2 if unbatched else 3):
-        raise ValueError(f"init must be {expected} with n = {n}, got shape {tuple(t.shape)}")
+    expected = f"[n, c] with n = {n}" if unbatched else f"[B, n, c] with B = {num}, n = {n}"
+    want = (n,) if unbatched else (num, n)
+    if t.dim() != len(want) + 1 or tuple(t.shape[:-1]) != want or t.shape[-1] < 1:
+        raise ValueError(f"init must be {expected} and c >= 1, got shape {tuple(t.shape)}")
     t = t[None] if unbatched else t
-    if t.shape[0] != num or t.shape[1] != n or t.shape[2] < 1:
-        raise ValueError(f"init must be {expected} with B = {num}, n = {n}, c >= 1, got shape {tuple(init.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"init must be a floating-point tensor, got {t.dtype}")
     if t.device != after.device:

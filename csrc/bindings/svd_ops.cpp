@@ -1,0 +1,78 @@
+// Schema of delta_gram_product (the fused pass of delta_svd) and its CPU
+// implementation. Python validates user input first (ops/svd_validation.py);
+// these checks guard direct calls of torch.ops.rlsignals.delta_gram_product.
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "../delta_products.h"
+#include "tensor_args.h"
+
+namespace rlsignals {
+namespace {
+
+void check_product_args(const at::Tensor& after, const std::optional<at::Tensor>& before, const at::Tensor& x,
+                        const at::Tensor& members) {
+  TORCH_CHECK(after.dim() == 3 && after.stride(2) == 1,
+              "delta_gram_product: after must be [B, m, n] with contiguous rows, got ", after.sizes());
+  if (before) {
+    TORCH_CHECK(before->sizes() == after.sizes() && before->scalar_type() == after.scalar_type() &&
+                    before->stride(2) == 1,
+                "delta_gram_product: before must match after's shape and dtype, with contiguous rows");
+  }
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == after.size(2) && x.is_contiguous() && x.size(2) >= 1 && x.size(2) <= 32,
+              "delta_gram_product: x must be contiguous [b, n, p] with n = after.size(2) and 1 <= p <= 32, got ",
+              x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "delta_gram_product: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(members.dim() == 1 && members.size(0) == x.size(0) && members.scalar_type() == at::kLong,
+              "delta_gram_product: members must be int64 [b], one per block of x");
+}
+
+template <typename Acc>
+void run_members(const at::Tensor& after, const std::optional<at::Tensor>& before, const at::Tensor& x,
+                 const at::Tensor& members, at::Tensor& y, at::Tensor& z, at::Tensor& frob2) {
+  const int64_t m = after.size(1), n = after.size(2), p = x.size(2);
+  const int64_t elem = after.element_size();
+  const auto* a0 = static_cast<const char*>(after.data_ptr());
+  const auto* b0 = before ? static_cast<const char*>(before->data_ptr()) : nullptr;
+  const auto ids = members.accessor<int64_t, 1>();
+  auto frob2_out = frob2.accessor<double, 1>();
+  for (int64_t i = 0; i < x.size(0); ++i) {
+    const int64_t b = ids[i];
+    TORCH_CHECK(b >= 0 && b < after.size(0), "delta_gram_product: members[", i, "] = ", b, " out of range");
+    const void* a_ptr = a0 + b * after.stride(0) * elem;
+    const void* b_ptr = b0 ? b0 + b * before->stride(0) * elem : nullptr;
+    frob2_out[i] = cpu::delta_gram_product(a_ptr, b_ptr, elem_type_of(after), m, n, after.stride(1),
+                                           before ? before->stride(1) : 0, x[i].data_ptr<Acc>(), p,
+                                           y[i].data_ptr<Acc>(), z[i].data_ptr<Acc>());
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> delta_gram_product_cpu(const at::Tensor& after,
+                                                                     const std::optional<at::Tensor>& before,
+                                                                     const at::Tensor& x, const at::Tensor& members) {
+  check_product_args(after, before, x, members);
+  const at::Tensor ids = members.to(at::kCPU);
+  at::Tensor y = at::zeros({x.size(0), after.size(1), x.size(2)}, x.options());
+  at::Tensor z = at::zeros_like(x);
+  at::Tensor frob2 = at::zeros({x.size(0)}, x.options().dtype(at::kDouble));
+  if (after.size(1) == 0 || after.size(2) == 0) return {y, z, frob2};
+  if (x.scalar_type() == at::kFloat) {
+    run_members<float>(after, before, x, ids, y, z, frob2);
+  } else {
+    run_members<double>(after, before, x, ids, y, z, frob2);
+  }
+  return {y, z, frob2};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(rlsignals, m) {
+  m.def("delta_gram_product(Tensor after, Tensor? before, Tensor x, Tensor members) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(rlsignals, CPU, m) { m.impl("delta_gram_product", &delta_gram_product_cpu); }
+
+}  // namespace rlsignals

@@ -1,0 +1,266 @@
+"""delta_svd (torch products) against fp64 torch.linalg.svd on planted spectra.
+
+Every test checks the one promise that matters most: err_bound is never below the true
+error max_i |S_i - sigma_i| / sigma_1. The compiled product backends are compared with
+the torch products in test_delta_products.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from planted import exact_delta, gap_spectrum, planted_delta, true_errors, weight_pair
+from torch.testing import assert_close
+
+import rlsignals
+from rlsignals.ops.reference import delta_svd_reference
+
+TOL = 1e-4
+SHAPES = [(40, 72), (72, 40)]  # m < n and m > n
+
+
+def solve(after, before=None, k=1, **kw):
+    kw.setdefault("backend", "torch")
+    return rlsignals.delta_svd(after, before, k, **kw)
+
+
+def assert_honest(out, after, before, k):
+    err = true_errors(out, after, before, k)
+    assert bool((err <= out.err_bound.double()).all()), f"true error {err} above err_bound {out.err_bound}"
+    return err
+
+
+def sin_angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double() / a.double().norm(), b.double() / b.double().norm()
+    return float((a - (a @ b) * b).norm())
+
+
+def davis_kahan(delta: torch.Tensor, v: torch.Tensor, s: float, sigma2: float) -> float:
+    """sin(v, v_1) <= ||G v - s^2 v|| / (s^2 - sigma_2^2) for a unit v with s^2 > sigma_2^2."""
+    v = v.double() / v.double().norm()
+    resid = delta.T @ (delta @ v) - s * s * v
+    return float(resid.norm()) / (s * s - sigma2 * sigma2)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.9, 0.99])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_planted_gap_converges_to_tol(ratio, dtype, shape):
+    delta = planted_delta(*shape, gap_spectrum(ratio, length=30, decay=0.85), noise=0.05, seed=7)
+    after, before = weight_pair(delta, dtype)
+    out = solve(after, before, k=2, tol=TOL)
+    err = assert_honest(out, after, before, 2)
+    assert out.err_bound <= TOL and err <= TOL
+    assert out.S.dtype == out.U.dtype == out.V.dtype == torch.float32
+    exact = exact_delta(after, before)
+    u, s, vh = torch.linalg.svd(exact)
+    assert_close(out.frob.double(), torch.linalg.matrix_norm(exact), rtol=1e-6, atol=0)
+    for got, want in ((out.U[:, 0], u[:, 0]), (out.V[:, 0], vh[0])):
+        assert sin_angle(got, want) <= (1e-5 if ratio < 0.99 else 1e-4)
+    assert sin_angle(out.V[:, 0], vh[0]) <= davis_kahan(exact, out.V[:, 0], float(s[0]), float(s[1])) + 1e-6
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_slow_tail_is_honest_not_converged(shape):
+    """sigma_2/sigma_1 = 0.9 and a tail that holds most of ||dW||_F^2: the certificate
+    cannot be tight (svd_bound.py), so the solver runs to max_iters and says so."""
+    delta = planted_delta(*shape, gap_spectrum(0.9, length=40, decay=0.95), noise=0.05, seed=2)
+    after, before = weight_pair(delta, torch.float32)
+    out = solve(after, before, max_iters=12)
+    assert_honest(out, after, before, 1)
+    assert out.iters == 12 and out.err_bound > TOL
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_flat_noise_is_honest(dtype):
+    after, before = weight_pair(planted_delta(50, 30, [], noise=1.0, seed=4), dtype)
+    out = solve(after, before, k=3, max_iters=10)
+    assert_honest(out, after, before, 3)
+    assert out.iters == 10 and out.err_bound > TOL
+    assert_close(out.frob.double(), torch.linalg.matrix_norm(exact_delta(after, before)), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_exact_rank_one(dtype, shape):
+    """Small-integer u, v: u v^T is exact in every dtype, so dW has rank exactly 1."""
+    gen = torch.Generator().manual_seed(5)
+    u = torch.randint(-3, 4, (shape[0],), generator=gen).double()
+    v = torch.randint(-3, 4, (shape[1],), generator=gen).double()
+    u[0], v[0] = 4, 4  # a unique largest entry, positive: fixes the expected sign
+    delta = torch.outer(u, v)
+    out = solve(delta.to(dtype), k=2)
+    assert_honest(out, delta.to(dtype), None, 2)
+    assert out.err_bound <= TOL and out.iters <= 3
+    assert out.S[0].item() == pytest.approx(float(u.norm() * v.norm()), rel=1e-6)
+    assert out.S[1].item() <= 1e-5 * out.S[0].item()
+    assert_close(out.U[:, 0].double(), u / u.norm(), atol=1e-6, rtol=0)
+    assert_close(out.V[:, 0].double(), v / v.norm(), atol=1e-6, rtol=0)
+
+
+def test_zero_delta():
+    after = torch.randn(30, 20).to(torch.bfloat16)
+    out = solve(after, after.clone(), k=2)
+    assert torch.equal(out.S, torch.zeros(2)) and out.frob == 0 and out.err_bound == 0
+    assert torch.equal(out.U, torch.zeros(30, 2))
+    assert_close(torch.linalg.vector_norm(out.V, dim=0), torch.ones(2))
+    assert out.iters <= 2 and not out.nonfinite
+
+
+def test_matches_reference_with_sign_convention():
+    delta = planted_delta(60, 44, gap_spectrum(0.5, length=20, decay=0.7), noise=0.01, seed=11)
+    after, before = weight_pair(delta, torch.float32)
+    out = solve(after, before, k=3, tol=1e-6)
+    ref = delta_svd_reference(after, before, k=3)
+    assert out.err_bound <= 1e-6
+    assert_close(out.S.double(), ref.S, rtol=1e-6, atol=0)
+    assert_close(out.U.double(), ref.U, atol=1e-4, rtol=0)
+    assert_close(out.V.double(), ref.V, atol=1e-4, rtol=0)
+    idx = out.U.abs().argmax(0)
+    assert bool((out.U[idx, torch.arange(3)] > 0).all())
+    assert_close(out.U.double().mT @ exact_delta(after, before) @ out.V.double(), torch.diag(ref.S),
+                 atol=1e-5, rtol=0)
+
+
+def test_tighter_tol_takes_more_iterations_and_is_met():
+    delta = planted_delta(64, 48, gap_spectrum(0.9, length=40, decay=0.9), noise=0.1, seed=3)
+    after, before = weight_pair(delta, torch.float32)
+    loose, tight = solve(after, before, tol=1e-2), solve(after, before, tol=1e-7)
+    assert loose.err_bound <= 1e-2 and tight.err_bound <= 1e-7
+    assert loose.iters < tight.iters
+    assert_honest(loose, after, before, 1)
+    assert_honest(tight, after, before, 1)
+
+
+def test_batch_mixes_easy_and_hard_members_independently():
+    shape = (48, 40)
+    easy = planted_delta(*shape, [3.0], seed=1)
+    hard = planted_delta(*shape, gap_spectrum(0.99, length=40, decay=0.9), noise=0.1, seed=2)
+    noise = planted_delta(*shape, [], noise=1.0, seed=3)
+    after = torch.stack([easy, hard, noise]).float()
+    out = solve(after, k=1, max_iters=30)
+    assert_honest(out, after, None, 1)
+    assert out.err_bound[0] <= TOL and out.iters[0] < out.iters[1]
+    assert out.iters[2] == 30
+    # a member's result does not depend on the other members of its batch
+    swapped = solve(torch.stack([noise, hard, easy]).float(), k=1, max_iters=30)
+    assert torch.equal(swapped.S[1], out.S[1]) and torch.equal(swapped.V[1], out.V[1])
+    assert swapped.iters[1] == out.iters[1]
+
+
+def test_warm_start_cuts_iterations():
+    """W1 tracked from W0's subspace: init=basis of W0's result certifies in a fraction of the passes."""
+    d0 = planted_delta(96, 80, [1.0, 0.99], noise=0.3, seed=8)
+    d1 = d0 + planted_delta(96, 80, [], noise=1e-3, seed=9)
+    w0 = torch.randn(96, 80, generator=torch.Generator().manual_seed(1)).double()
+    before, step0, step1 = w0.float(), (w0 + d0).float(), (w0 + d1).float()
+    first = solve(step0, before)
+    cold = solve(step1, before)
+    warm = solve(step1, before, init=first.basis)
+    assert cold.err_bound <= TOL and warm.err_bound <= TOL
+    assert_honest(warm, step1, before, 1)
+    assert 4 * warm.iters <= cold.iters, (warm.iters, cold.iters)
+    from_v = solve(step1, before, init=first.V)  # V alone also works, with less gain
+    assert from_v.err_bound <= TOL and from_v.iters <= cold.iters
+    assert_close(from_v.S, warm.S, rtol=2 * TOL, atol=0)
+
+
+def test_deterministic_per_seed():
+    delta = planted_delta(50, 70, gap_spectrum(0.9, length=30, decay=0.85), noise=0.1, seed=6)
+    after, before = weight_pair(delta, torch.bfloat16)
+    a, b = solve(after, before, k=2, seed=3), solve(after, before, k=2, seed=3)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    c = solve(after, before, k=2, seed=4)
+    assert not torch.equal(a.V, c.V)
+    assert_close(a.S, c.S, rtol=2 * TOL, atol=0)
+
+
+@pytest.mark.parametrize("bad_value", [math.nan, math.inf, -math.inf])
+def test_non_finite_member_is_isolated(bad_value):
+    deltas = [planted_delta(30, 26, gap_spectrum(0.5), noise=0.05, seed=s) for s in range(3)]
+    after = torch.stack(deltas).float()
+    clean = solve(after, k=2)
+    poisoned = after.clone()
+    poisoned[1, 4, 7] = bad_value
+    out = solve(poisoned, k=2)
+    assert out.nonfinite.tolist() == [False, True, False]
+    for field in ("S", "U", "V", "frob", "err_bound", "basis"):
+        got, want = getattr(out, field), getattr(clean, field)
+        assert torch.isnan(got[1]).all()
+        assert torch.equal(got[[0, 2]], want[[0, 2]])
+
+
+def test_unbatched_and_batched_shapes():
+    after = torch.randn(3, 12, 9)
+    batched = solve(after, k=2)
+    assert batched.S.shape == (3, 2) and batched.U.shape == (3, 12, 2) and batched.V.shape == (3, 9, 2)
+    assert batched.frob.shape == batched.err_bound.shape == batched.iters.shape == batched.nonfinite.shape == (3,)
+    assert batched.basis.shape == (3, 9, 9)  # p = min(16, n)
+    single = solve(after[0], k=2)
+    assert single.S.shape == (2,) and single.U.shape == (12, 2) and single.V.shape == (9, 2)
+    assert single.frob.shape == single.iters.shape == ()
+    for x, y in zip(single, batched):
+        assert torch.equal(x, y[0])
+
+
+def test_empty_batch():
+    out = solve(torch.zeros(0, 5, 4), k=2)
+    assert out.S.shape == (0, 2) and out.U.shape == (0, 5, 2) and out.V.shape == (0, 4, 2)
+    assert out.iters.shape == (0,)
+
+
+def test_strided_input_equals_contiguous():
+    base = torch.randn(2, 20, 30)
+    view = base.transpose(1, 2)  # [2, 30, 20], column-major rows
+    assert_close(solve(view, k=2).S, solve(view.contiguous(), k=2).S, rtol=0, atol=0)
+
+
+def test_max_iters_one_is_certified():
+    delta = planted_delta(30, 40, gap_spectrum(0.5), noise=0.01, seed=1)
+    out = solve(delta.float(), max_iters=1)
+    assert out.iters == 1
+    assert_honest(out, delta.float(), None, 1)
+
+
+def test_block_wider_than_kernel_limit():
+    delta = planted_delta(60, 50, gap_spectrum(0.9, length=40, decay=0.9), seed=2)
+    out = solve(delta.float(), k=3, oversample=37)
+    assert out.err_bound <= TOL
+    assert_honest(out, delta.float(), None, 3)
+
+
+BAD_INPUTS = [
+    (dict(after=[[1.0]]), TypeError, "after must be a torch.Tensor"),
+    (dict(after=torch.zeros(3)), ValueError, r"after must be \[m, n\] or \[B, m, n\]"),
+    (dict(after=torch.zeros(3, 4, dtype=torch.float64)), TypeError, "after must be float32"),
+    (dict(before=torch.zeros(3, 5)), ValueError, "before must have after's shape"),
+    (dict(before=torch.zeros(3, 4, dtype=torch.bfloat16)), TypeError, "before must have after's dtype"),
+    (dict(k=4), ValueError, r"k must be <= min\(m, n\) = 3"),
+    (dict(k=0), ValueError, "k must be >= 1"),
+    (dict(k=1.5), TypeError, "k must be an int"),
+    (dict(tol=0.0), ValueError, "tol must be a finite number > 0"),
+    (dict(tol=math.nan), ValueError, "tol must be a finite number > 0"),
+    (dict(max_iters=0), ValueError, "max_iters must be >= 1"),
+    (dict(oversample=-1), ValueError, "oversample must be >= 0"),
+    (dict(seed=-2), ValueError, "seed must be >= 0"),
+    (dict(init=torch.zeros(5, 1)), ValueError, r"init must be \[n, c\] with n = 4 and c >= 1"),
+    (dict(init=torch.full((4, 2), math.nan)), ValueError, "init must be finite"),
+    (dict(init=torch.zeros(4, 2, dtype=torch.int64)), TypeError, "init must be a floating-point"),
+    (dict(backend="gpu"), ValueError, "backend must be 'auto' or one of"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD_INPUTS)
+def test_bad_inputs_raise(kwargs, error, match):
+    args = dict(after=torch.zeros(3, 4), before=None, k=1)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        rlsignals.delta_svd(args.pop("after"), args.pop("before"), args.pop("k"), **args)
+
+
+def test_batched_init_shape_is_checked():
+    with pytest.raises(ValueError, match=r"init must be \[B, n, c\] with B = 2"):
+        rlsignals.delta_svd(torch.zeros(2, 3, 4), init=torch.zeros(3, 4, 1))
