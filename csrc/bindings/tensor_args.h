@@ -17,7 +17,7 @@ inline ElemType elem_type_of(const at::Tensor& t) {
   }
 }
 
-// hidden [T, d] with unit column stride; offsets [R + 1] int64 on the CPU.
+// hidden [T, d] with unit column stride; offsets [R + 1] int64 on hidden's device.
 inline void check_unit_sums_args(const at::Tensor& hidden, const at::Tensor& offsets) {
   TORCH_CHECK(hidden.dim() == 2, "unit_sums: hidden must be [T, d], got ", hidden.sizes());
   TORCH_CHECK(hidden.stride(1) == 1 || hidden.size(1) <= 1, "unit_sums: hidden rows must be contiguous");

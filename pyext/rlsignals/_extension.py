@@ -90,7 +90,7 @@ def _compile(with_cuda: bool) -> None:
         sources=sources,
         extra_cflags=["-O3", "-march=native", "-fopenmp", "-std=c++17"],
         extra_ldflags=["-fopenmp"],
-        extra_cuda_cflags=["-O3", "--use_fast_math", "-std=c++17"] if with_cuda else None,
+        extra_cuda_cflags=["-O3", "-std=c++17"] if with_cuda else None,
         extra_include_paths=[str(src)],
         build_directory=str(out),
         is_python_module=False,

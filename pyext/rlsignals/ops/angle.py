@@ -90,17 +90,34 @@ def angle_stats(hidden: torch.Tensor, cu_seqlens: torch.Tensor, prefix_lens: tor
     hidden = check_hidden(hidden)
     cu = check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.device)
     prefix = check_prefix_lens(prefix_lens, cu.diff(), hidden.device)
+    return angle_stats_spans(hidden, cu[:-1], cu[:-1] + prefix, cu[1:], exclude_diagonal=exclude_diagonal,
+                             causal=causal, backend=backend)
+
+
+def angle_stats_spans(hidden: torch.Tensor, starts: torch.Tensor, splits: torch.Tensor, ends: torch.Tensor, *,
+                      exclude_diagonal: bool = False, causal: bool = False, backend: str = "auto") -> AngleStats:
+    """angle_stats for sequences at arbitrary ordered row spans of ``hidden``.
+
+    Sequence b has prefix rows [starts[b], splits[b]) and question rows
+    [splits[b], ends[b]); rows outside every span (padding, trailing template
+    tokens) are read but ignored, so a padded batch viewed as [B*L, d] is scored
+    in place. starts, splits, ends: int64 [B] on the CPU, with
+    starts[b] <= splits[b] <= ends[b] <= starts[b+1]. ``hidden`` as in angle_stats
+    (already validated).
+    """
+    num_rows = hidden.shape[0]
+    bounds = torch.stack([starts, splits, ends], 1).flatten()
+    if bounds.numel() and (bool((bounds.diff() < 0).any()) or int(bounds[0]) < 0 or int(bounds[-1]) > num_rows):
+        raise ValueError("spans must be ordered, non-overlapping and inside hidden's rows")
     name = resolve_backend(backend, hidden.device)
-
-    split = cu[:-1] + prefix
-    offsets = torch.cat([torch.stack([cu[:-1], split], 1).flatten(), cu[-1:]])
+    # partition: [0, s_0) junk, P_0, Q_0, [e_0, s_1) junk, P_1, Q_1, ..., [e_last, T) junk
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), bounds, torch.full((1,), num_rows)])
     sums, sqsums = unit_sums(hidden, offsets, name)
-    sum_p, sum_q = sums[0::2], sums[1::2]
-    n_p = prefix.to(hidden.device)
-    n_q = (cu[1:] - split).to(hidden.device)
+    sum_p, sum_q, sq_q = sums[1::3], sums[2::3], sqsums[2::3]
+    n_p = (splits - starts).to(hidden.device)
+    n_q = (ends - splits).to(hidden.device)
 
-    intra = within_block_mean(sum_q.square().sum(1), sqsums[1::2], n_q,
-                              exclude_diagonal=exclude_diagonal, causal=causal)
+    intra = within_block_mean(sum_q.square().sum(1), sq_q, n_q, exclude_diagonal=exclude_diagonal, causal=causal)
     pairs = (n_q * n_p).to(torch.float64)
     inter = (sum_q * sum_p).sum(1).to(torch.float64) / pairs
     inter = torch.where(pairs > 0, inter, torch.nan).to(torch.float32)

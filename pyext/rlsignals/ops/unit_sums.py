@@ -20,17 +20,27 @@ from rlsignals._extension import load_extension
 
 EPS = 1e-12
 
-# Rows per work item of each compiled backend. Fixed per backend (not per
-# thread count), so a backend's result is the same on every machine.
-_CHUNK_ROWS = {"cpp": 256, "triton": 128, "cuda": 64}
+# Rows per work item of each compiled backend: a function of the backend and d
+# only (not of the thread or SM count), so a backend's result for a given shape
+# is the same on every machine. GPU chunks shrink for large d so that long
+# sequences still give enough thread blocks.
 _TRITON_INTERPRETER_CHUNK = 1 << 30  # the interpreter runs programs one by one
+
+
+def chunk_rows(backend: str, d: int, device: torch.device) -> int:
+    if backend == "cpp":
+        return 256
+    if backend == "triton" and device.type == "cpu":
+        return _TRITON_INTERPRETER_CHUNK
+    return min(64, max(8, (1 << 18) // d))
 
 
 def segment_sum(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Sums of consecutive row groups: out[r] = sum of the next lengths[r] rows of ``values``."""
     if values.shape[0] == 0:  # segment_reduce rejects empty input
         return values.new_zeros(lengths.numel(), *values.shape[1:])
-    return torch.segment_reduce(values, "sum", lengths=lengths, axis=0)
+    # unsafe=True: lengths come from split_ranges and are valid; skips two device syncs on CUDA
+    return torch.segment_reduce(values, "sum", lengths=lengths, axis=0, unsafe=True)
 
 
 def unit_sums_torch(hidden: torch.Tensor, offsets: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,10 +88,7 @@ def unit_sums(hidden: torch.Tensor, offsets: torch.Tensor, backend: str, eps: fl
     """
     if backend == "torch":
         return unit_sums_torch(hidden, offsets, eps)
-    chunk = _CHUNK_ROWS[backend]
-    if backend == "triton" and hidden.device.type == "cpu":
-        chunk = _TRITON_INTERPRETER_CHUNK
-    chunk_offsets, counts = split_ranges(offsets, chunk)
+    chunk_offsets, counts = split_ranges(offsets, chunk_rows(backend, hidden.shape[1], hidden.device))
     partial_sums, partial_sq = _compiled_kernel(backend)(hidden, chunk_offsets.to(hidden.device), eps)
     if bool((counts == 1).all()):
         return partial_sums, partial_sq
