@@ -1,4 +1,4 @@
-"""Command line: ``rlsignals doctor | build | demo``."""
+"""Command line: ``rlsignals doctor | build | demo | score``."""
 
 from __future__ import annotations
 
@@ -48,6 +48,57 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rlsignals.scoring import ScoreConfig, score_dataset
+
+    system_prompt = Path(args.system_prompt_file).read_text() if args.system_prompt_file else args.system_prompt
+    config = ScoreConfig(module=args.module, inter_weight=args.inter_weight, intra_weight=args.intra_weight,
+                         batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size,
+                         max_length=args.max_length, on_long=args.on_long, prefix_tokens=args.prefix_tokens,
+                         suffix_tokens=args.suffix_tokens, padding_side=args.padding_side,
+                         exclude_diagonal=args.exclude_diagonal, backend=args.backend)
+    rows = score_dataset(args.model, args.data, args.out, prompt_field=args.prompt_field,
+                         system_prompt=system_prompt, few_shot=args.few_shot,
+                         use_chat_template=not args.no_chat_template, config=config,
+                         ordered_data=args.ordered_data, device=args.device, dtype=args.dtype, restart=args.restart)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"scored {len(rows)} prompts -> {args.out}" + (f" (ordered rows: {args.ordered_data})"
+                                                             if args.ordered_data else ""))
+    return 0
+
+
+def _add_score_parser(sub) -> None:
+    score = sub.add_parser("score", help="score every prompt of a dataset with the angle signal (prefill only)")
+    score.add_argument("--model", required=True, help="a local transformers causal LM folder")
+    score.add_argument("--data", required=True, help=".jsonl/.json/.csv/.parquet with one prompt per row")
+    score.add_argument("--out", required=True, help="scores: .jsonl/.json/.csv/.parquet, one row per prompt")
+    score.add_argument("--prompt-field", default="prompt")
+    score.add_argument("--system-prompt", default=None)
+    score.add_argument("--system-prompt-file", default=None)
+    score.add_argument("--few-shot", default=None, help=".json/.jsonl of chat messages or question/answer pairs")
+    score.add_argument("--no-chat-template", action="store_true", help="render prompts as plain text")
+    score.add_argument("--module", default=None, help="hooked module (default: last layer's mlp.up_proj input)")
+    score.add_argument("--intra-weight", type=float, default=1.0)
+    score.add_argument("--inter-weight", type=float, default=1.0, help="the released code used 8")
+    score.add_argument("--batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    score.add_argument("--max-batch-size", type=int, default=64)
+    score.add_argument("--max-length", type=int, default=None, help="default: the model's context")
+    score.add_argument("--on-long", choices=["error", "truncate"], default="error")
+    score.add_argument("--prefix-tokens", type=int, default=None, help="explicit shared-prefix length")
+    score.add_argument("--suffix-tokens", type=int, default=None, help="explicit trailing-template length")
+    score.add_argument("--padding-side", choices=["right", "left"], default="right")
+    score.add_argument("--exclude-diagonal", action="store_true")
+    score.add_argument("--backend", default="auto")
+    score.add_argument("--device", default="auto")
+    score.add_argument("--dtype", default="auto", help="auto: bfloat16 on GPU, float32 on CPU")
+    score.add_argument("--ordered-data", default=None,
+                       help="also write the dataset rows sorted by rank (for verl >= 0.8 with shuffle off)")
+    score.add_argument("--restart", action="store_true", help="ignore a partial result from an interrupted run")
+    score.set_defaults(func=_score)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlsignals", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="the main job: for now a short showcase of the ops")
     demo.add_argument("--out", default="rlsignals-demo", help="folder for the plots and JSON (default: %(default)s)")
     demo.set_defaults(func=_demo)
+    _add_score_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,141 @@
+"""Dataset rows, prompt rendering, and the exact shared-prefix / trailing-template split.
+
+A prompt renders to token ids  [ prefix | question | suffix ]:
+  prefix   = system prompt, few-shot turns and the template tokens before the
+             question: identical for every prompt (the paper's P);
+  question = the tokens of the prompt itself (the paper's Q);
+  suffix   = the template tokens after it (e.g. "<|im_end|>\\n<|im_start|>assistant\\n").
+
+The split is found from token ids, for any tokenizer: the template is rendered
+with two probe questions that share no first or last character, and the
+longest common prefix / suffix of the two renderings are the template's prefix
+and suffix ids. Each real prompt's prefix length is then its common prefix with
+those ids (shorter when the tokenizer merges a template token with the
+question's first characters), and likewise for the suffix. Unlike the longest
+common prefix of the dataset itself, this never swallows question words that
+happen to open every prompt. Both lengths can also be given explicitly.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+PROBES = ("x", "Quantum 12345 ?!")
+SUPPORTED_DATA = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def load_rows(path: str | Path, prompt_field: str = "prompt") -> list[dict[str, Any]]:
+    """Rows of a .jsonl/.json/.csv/.parquet file; each must hold a non-empty string prompt."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with path.open() as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from None
+    elif suffix == ".json":
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list of objects")
+    elif suffix == ".csv":
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    else:
+        raise ValueError(f"{path}: unsupported data file type {suffix!r}; use one of {SUPPORTED_DATA}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or prompt_field not in row:
+            raise ValueError(f"{path}: row {i} has no {prompt_field!r} field "
+                             f"(fields: {sorted(row) if isinstance(row, dict) else type(row).__name__}); "
+                             "choose the field with --prompt-field")
+        if not isinstance(row[prompt_field], str) or not row[prompt_field].strip():
+            raise ValueError(f"{path}: row {i} has an empty or non-string {prompt_field!r}")
+    return rows
+
+
+def load_few_shot(path: str | Path) -> list[dict[str, str]]:
+    """Few-shot turns from .json/.jsonl: chat messages ({"role", "content"}) or
+    question/answer pairs ({"prompt"|"question", "answer"|"response"|"completion"})."""
+    path = Path(path)
+    text = path.read_text()
+    items = json.loads(text) if path.suffix.lower() == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+    messages: list[dict[str, str]] = []
+    for i, item in enumerate(items):
+        if "role" in item and "content" in item:
+            messages.append({"role": item["role"], "content": item["content"]})
+            continue
+        question = item.get("prompt", item.get("question"))
+        answer = item.get("answer", item.get("response", item.get("completion")))
+        if question is None or answer is None:
+            raise ValueError(f"{path}: few-shot item {i} is neither a chat message nor a question/answer pair")
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    return messages
+
+
+@dataclasses.dataclass
+class PromptTemplate:
+    """How a prompt becomes token ids: the tokenizer's chat template (system
+    prompt, few-shot turns, the question as the last user turn, generation
+    prompt), or plain text when ``use_chat_template`` is False or the
+    tokenizer has none."""
+
+    tokenizer: Any
+    system_prompt: str | None = None
+    few_shot: list[dict[str, str]] = dataclasses.field(default_factory=list)
+    use_chat_template: bool = True
+
+    def __post_init__(self) -> None:
+        if self.use_chat_template and not getattr(self.tokenizer, "chat_template", None):
+            self.use_chat_template = False
+
+    def token_ids(self, prompt: str) -> list[int]:
+        if self.use_chat_template:
+            messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+            messages += self.few_shot + [{"role": "user", "content": prompt}]
+            ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+            return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        parts = [self.system_prompt] if self.system_prompt else []
+        parts += [f"{m['role']}: {m['content']}" for m in self.few_shot]
+        return list(self.tokenizer("\n\n".join(parts + [prompt]))["input_ids"])
+
+
+def _common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateBounds:
+    """Token ids of the shared prefix and of the trailing template tokens."""
+
+    prefix_ids: tuple[int, ...]
+    suffix_ids: tuple[int, ...]
+
+    @classmethod
+    def detect(cls, template: PromptTemplate) -> TemplateBounds:
+        a, b = (template.token_ids(p) for p in PROBES)
+        prefix = _common_prefix_len(a, b)
+        suffix = _common_prefix_len(a[::-1], b[::-1])
+        suffix = min(suffix, min(len(a), len(b)) - prefix)
+        return cls(tuple(a[:prefix]), tuple(a[len(a) - suffix:]))
+
+    def split(self, ids: list[int]) -> tuple[int, int]:
+        """(prefix length, question end) of one rendered prompt."""
+        prefix = _common_prefix_len(ids, list(self.prefix_ids))
+        suffix = min(_common_prefix_len(ids[::-1], list(self.suffix_ids[::-1])), len(ids) - prefix)
+        return prefix, len(ids) - suffix

@@ -1,0 +1,213 @@
+"""Prefill scoring: exact against a brute force on the same module, any template,
+any batch size and padding side; prefix detection; resume; bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_models import CHATML, LLAMA3, make_model, make_tokenizer
+
+from rlsignals.scoring import PromptTemplate, ScoreConfig, TemplateBounds, score_dataset, score_prompts
+from rlsignals.scoring.capture import capture_input, default_module_name, resolve_module
+
+PROMPTS = ["what is two plus three", "compute the sum of seven and five", "multiply six by three",
+           "how many apples are left if tom eats four of nine", "the", "twelve minus five equals seven",
+           "what is the result of ten divided by two answer with a number"]
+FEW_SHOT = [{"role": "user", "content": "what is two plus three"}, {"role": "assistant", "content": "five"}]
+
+
+def brute_force(model, template, prompt):
+    """fp64 full cosine matrix of the hooked module's input, one unpadded prompt,
+    with the question located by a marker word rendered in its place."""
+    ids = template.token_ids(prompt)
+    marker_ids = template.token_ids("QMARK")
+    marker = template.tokenizer.convert_tokens_to_ids("QMARK")
+    prefix_len = marker_ids.index(marker)
+    suffix_len = len(marker_ids) - prefix_len - 1
+    _, module = resolve_module(model, None)
+    captured = []
+    with torch.inference_mode(), capture_input(module, lambda h: captured.append(h[0].double())):
+        try:
+            model(input_ids=torch.tensor([ids]))
+        except Exception:  # the StopForward raised by the hook
+            pass
+    u = F.normalize(captured[0], dim=1)
+    cos = u @ u.T
+    q = slice(prefix_len, len(ids) - suffix_len)
+    return cos[q, q].mean().item(), cos[q, :prefix_len].mean().item(), prefix_len, len(ids) - suffix_len
+
+
+@pytest.mark.parametrize("arch, kind, chat", [("llama", "word", LLAMA3), ("qwen2", "word", CHATML),
+                                              ("qwen2", "bpe", CHATML), ("llama", "bpe", LLAMA3)])
+@pytest.mark.parametrize("batch_tokens, padding_side", [(1, "right"), (4096, "right"), (4096, "left")])
+def test_scores_equal_brute_force(arch, kind, chat, batch_tokens, padding_side):
+    tokenizer = make_tokenizer(kind, chat)
+    model = make_model(arch, len(tokenizer))
+    template = PromptTemplate(tokenizer, system_prompt="you are a careful math tutor", few_shot=FEW_SHOT)
+    config = ScoreConfig(batch_tokens=batch_tokens, padding_side=padding_side, inter_weight=8.0)
+    rows = {r["index"]: r for batch in score_prompts(model, template, PROMPTS, config) for r in batch}
+    if batch_tokens > 1:
+        assert len(rows) == len(PROMPTS)  # several prompts per forward pass, padded
+    for i, prompt in enumerate(PROMPTS):
+        intra, inter, prefix_len, question_end = brute_force(model, template, prompt)
+        row = rows[i]
+        assert row["prefix_tokens"] == prefix_len
+        assert row["prefix_tokens"] + row["question_tokens"] == question_end
+        assert row["intra"] == pytest.approx(intra, abs=1e-4)
+        assert row["inter"] == pytest.approx(inter, abs=1e-4)
+        assert row["score"] == pytest.approx(row["intra"] + 8 * row["inter"], abs=1e-6)
+
+
+def test_prefix_detection_ignores_a_common_opening_word():
+    """Every prompt opens with "what": the dataset's longest common prefix would
+    eat it; the template probes do not."""
+    tokenizer = make_tokenizer("word", CHATML)
+    template = PromptTemplate(tokenizer, system_prompt="answer with a number")
+    bounds = TemplateBounds.detect(template)
+    for prompt in ("what is two plus three", "what is the answer"):
+        ids = template.token_ids(prompt)
+        prefix, end = bounds.split(ids)
+        assert tokenizer.decode(ids[prefix:end]) == prompt
+
+
+def test_explicit_split_and_raw_template():
+    tokenizer = make_tokenizer("word", CHATML)
+    model = make_model("llama", len(tokenizer))
+    template = PromptTemplate(tokenizer, system_prompt="answer with a number", use_chat_template=False)
+    config = ScoreConfig(prefix_tokens=3, suffix_tokens=0)
+    rows = [r for batch in score_prompts(model, template, PROMPTS[:2], config) for r in batch]
+    assert [r["prefix_tokens"] for r in rows] == [3, 3]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    # llama: transformers 5 maps a qwen2 config to its own Qwen2Tokenizer, which
+    # cannot load this word-level test tokenizer
+    tokenizer = make_tokenizer("word", CHATML)
+    model = make_model("llama", len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_score_dataset_end_to_end_and_resume(tmp_path, saved_model):
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, [{"prompt": p, "id": f"q{i}"} for i, p in enumerate(PROMPTS)])
+    out = tmp_path / "scores.csv"
+    full = score_dataset(saved_model, data, out, ordered_data=tmp_path / "ordered.jsonl", progress=False,
+                         config=ScoreConfig(batch_tokens=64))
+    assert [r["index"] for r in full] == list(range(len(PROMPTS)))
+    assert sorted(r["rank"] for r in full) == list(range(len(PROMPTS)))
+    ordered = [json.loads(line) for line in (tmp_path / "ordered.jsonl").read_text().splitlines()]
+    assert [o["score"] for o in ordered] == sorted((r["score"] for r in full), reverse=True)
+    top = next(r for r in full if r["rank"] == 0)
+    assert ordered[0]["id"] == f"q{top['index']}" and ordered[0]["prompt"] == PROMPTS[top["index"]]
+    assert not out.with_name("scores.csv.partial.jsonl").exists()
+
+    # an interrupted run: the partial file holds a header, two rows and a cut-off line
+    partial_path = out.with_name("scores2.csv.partial.jsonl")
+    config = ScoreConfig(batch_tokens=24)  # a prompt or two per batch: several batches
+    import rlsignals.scoring.score as score_module
+
+    calls = {"n": 0}
+    real = score_module.score_batch
+
+    def failing_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    score_module.score_batch = failing_batch
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            score_dataset(saved_model, data, tmp_path / "scores2.csv", progress=False, config=config)
+    finally:
+        score_module.score_batch = real
+    lines = partial_path.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert "rlsignals_partial" in header and len(lines) > 1
+    with partial_path.open("a") as f:
+        f.write('{"index": 99, "intra"')  # a line cut off mid-write
+    scored_before = {json.loads(x)["index"] for x in lines[1:]}
+    calls["n"] = 0
+    seen = []
+
+    def counting_batch(model, module, batch, *args, **kwargs):
+        seen.extend(p.index for p in batch)
+        return real(model, module, batch, *args, **kwargs)
+
+    score_module.score_batch = counting_batch
+    try:
+        resumed = score_dataset(saved_model, data, tmp_path / "scores2.csv", progress=False, config=config)
+    finally:
+        score_module.score_batch = real
+    assert not set(seen) & scored_before and set(seen) | scored_before == set(range(len(PROMPTS)))
+    for a, b in zip(resumed, full):
+        assert a["index"] == b["index"] and a["score"] == pytest.approx(b["score"], abs=1e-6)
+
+    # a partial file from other settings is refused
+    partial_path.write_text(json.dumps({"rlsignals_partial": "other"}) + "\n")
+    with pytest.raises(ValueError, match="other settings"):
+        score_dataset(saved_model, data, tmp_path / "scores2.csv", progress=False, config=config)
+
+
+def test_bad_rows_and_long_prompts(tmp_path, saved_model):
+    data = tmp_path / "bad.jsonl"
+    write_jsonl(data, [{"prompt": "what is two plus three"}, {"question": "no prompt field"}])
+    with pytest.raises(ValueError, match="row 1 has no 'prompt' field"):
+        score_dataset(saved_model, data, tmp_path / "o.jsonl", progress=False)
+    write_jsonl(data, [{"prompt": "   "}])
+    with pytest.raises(ValueError, match="row 0 has an empty or non-string 'prompt'"):
+        score_dataset(saved_model, data, tmp_path / "o.jsonl", progress=False)
+    long_prompt = " ".join(["seven"] * 300)
+    write_jsonl(data, [{"prompt": long_prompt}, {"prompt": "what is two plus three"}])
+    with pytest.raises(ValueError, match="more than the model's context of 256"):
+        score_dataset(saved_model, data, tmp_path / "o.jsonl", progress=False)
+    with pytest.warns(RuntimeWarning, match="1 prompt"):
+        rows = score_dataset(saved_model, data, tmp_path / "o.jsonl", progress=False,
+                             config=ScoreConfig(on_long="truncate"), restart=True)
+    assert rows[0]["truncated"] and rows[0]["prompt_tokens"] == 256 and not rows[1]["truncated"]
+    assert math.isfinite(rows[0]["score"])
+
+
+def test_missing_module_lists_candidates():
+    tokenizer = make_tokenizer("word", CHATML)
+    model = make_model("llama", len(tokenizer))
+    assert default_module_name(model) == "model.layers.2.mlp.up_proj"
+    with pytest.raises(ValueError, match=r"no module 'model.layers.2.mlp.c_fc'.*model.layers.2.mlp.up_proj.*"
+                                         r"model.layers.2.post_attention_layernorm"):
+        resolve_module(model, "model.layers.2.mlp.c_fc")
+
+
+def test_cli_under_torchrun_with_two_gloo_ranks_matches_one_process(tmp_path, saved_model):
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, [{"prompt": p} for p in PROMPTS])
+    args = ["-m", "rlsignals", "score", "--model", str(saved_model), "--data", str(data),
+            "--system-prompt", "answer with a number", "--inter-weight", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one.jsonl")], capture_output=True,
+                         text=True, env=env, timeout=300, check=False)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                          *args, "--out", str(tmp_path / "two.jsonl")], capture_output=True, text=True, env=env,
+                         timeout=300, check=False)
+    assert two.returncode == 0, two.stderr
+    rows_one = [json.loads(x) for x in (tmp_path / "one.jsonl").read_text().splitlines()]
+    rows_two = [json.loads(x) for x in (tmp_path / "two.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows_two] == list(range(len(PROMPTS)))
+    for a, b in zip(rows_one, rows_two):
+        assert a["rank"] == b["rank"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
+    assert not list(tmp_path.glob("*.partial*"))
