@@ -1,0 +1,177 @@
+"""Streaming access to Hugging Face checkpoints (local folders of safetensors).
+
+A ``Checkpoint`` opens a folder with ``model.safetensors`` or sharded
+``model-0000k-of-0000n.safetensors`` files listed in
+``model.safetensors.index.json``. Tensors are memory-mapped and read one at a
+time, so a model is never held in RAM whole. Errors name the folder, the file
+and the tensor.
+
+``select_matrices`` picks the tensors an analysis covers (default: every 2-D
+weight of the decoder layers; embeddings, lm_head and norms out) and
+``group_by_shape`` batches same-shaped ones for ``delta_svd``.
+``write_checkpoint`` writes a loadable copy of a checkpoint with some tensors
+replaced (config, tokenizer and other small files copied), atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_INCLUDE = r"\.layers\.\d+\..*\.weight$"
+DEFAULT_EXCLUDE = r"(embed|lm_head|norm)"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder, file or tensor is missing, corrupt or does not match."""
+
+
+class Checkpoint:
+    """Lazy, memory-mapped view of one HF checkpoint folder."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._handles: dict[Path, object] = {}
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path}: not a checkpoint folder")
+        index = self.path / INDEX_FILE
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as exc:
+                raise CheckpointError(f"{index}: not a safetensors index ({exc})") from None
+            self.files = {name: self.path / file for name, file in weight_map.items()}
+        elif (self.path / SINGLE_FILE).exists():
+            self.files = {}
+            for name in self._open(self.path / SINGLE_FILE).keys():
+                self.files[name] = self.path / SINGLE_FILE
+        else:
+            raise CheckpointError(f"{self.path}: no {SINGLE_FILE} or {INDEX_FILE}")
+        for file in sorted(set(self.files.values())):
+            if not file.exists():
+                raise CheckpointError(f"{self.path}: shard {file.name} listed in {INDEX_FILE} is missing")
+
+    def _open(self, file: Path):
+        if file not in self._handles:
+            try:
+                self._handles[file] = safe_open(str(file), framework="pt", device="cpu")
+            except (SafetensorError, OSError) as exc:
+                raise CheckpointError(f"{file}: cannot read safetensors file (truncated or corrupt?): {exc}") from None
+        return self._handles[file]
+
+    @property
+    def config(self) -> dict:
+        config = self.path / "config.json"
+        return json.loads(config.read_text()) if config.exists() else {}
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def _file_of(self, name: str) -> Path:
+        if name not in self.files:
+            raise CheckpointError(f"{self.path}: tensor {name!r} not found")
+        return self.files[name]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._open(self._file_of(name)).get_slice(name).get_shape())
+
+    def get(self, name: str) -> torch.Tensor:
+        """One tensor, read from its (memory-mapped) file."""
+        file = self._file_of(name)
+        try:
+            return self._open(file).get_tensor(name)
+        except SafetensorError as exc:
+            raise CheckpointError(f"{file}: cannot read tensor {name!r}: {exc}") from None
+
+
+def select_matrices(ckpt: Checkpoint, include: str = DEFAULT_INCLUDE, exclude: str | None = DEFAULT_EXCLUDE) -> list[str]:
+    """Names of the 2-D tensors whose name matches ``include`` and not ``exclude`` (regexes)."""
+    keep, drop = re.compile(include), re.compile(exclude) if exclude else None
+    return [name for name in ckpt.names()
+            if keep.search(name) and not (drop and drop.search(name)) and len(ckpt.shape(name)) == 2]
+
+
+def check_compatible(base: Checkpoint, other: Checkpoint, names: Iterable[str]) -> None:
+    """Same architecture (config model_type) and the same shape for every named tensor."""
+    a, b = base.config.get("model_type"), other.config.get("model_type")
+    if a and b and a != b:
+        raise CheckpointError(f"{other.path}: model_type {b!r} differs from {base.path}'s {a!r}")
+    for name in names:
+        if name not in other.files:
+            raise CheckpointError(f"{other.path}: tensor {name!r} (present in {base.path}) is missing")
+        if other.shape(name) != base.shape(name):
+            raise CheckpointError(f"{other.path}: tensor {name!r} has shape {other.shape(name)}, "
+                                  f"{base.path} has {base.shape(name)}")
+
+
+def module_kind(name: str) -> str:
+    """'model.layers.3.self_attn.q_proj.weight' -> 'self_attn.q_proj'."""
+    match = re.search(r"\.layers\.\d+\.(.*)\.weight$", name)
+    return match.group(1) if match else name
+
+
+def layer_index(name: str) -> int | None:
+    match = re.search(r"\.layers\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
+
+
+def group_by_shape(ckpt: Checkpoint, names: Iterable[str], max_batch_bytes: int = 1 << 30) -> list[list[str]]:
+    """Same-shaped tensors in batches of at most ``max_batch_bytes`` (fp32 size),
+    in name order within each shape (layer stacks of one module kind batch together)."""
+    by_shape: dict[tuple[int, ...], list[str]] = defaultdict(list)
+    for name in names:
+        by_shape[ckpt.shape(name)].append(name)
+    batches = []
+    for shape, group in by_shape.items():
+        per_batch = max(1, max_batch_bytes // (4 * shape[0] * shape[1]))
+        group = sorted(group, key=lambda n: (module_kind(n), layer_index(n) or 0))
+        batches += [group[i:i + per_batch] for i in range(0, len(group), per_batch)]
+    return batches
+
+
+def write_checkpoint(base: Checkpoint, out: str | Path, replaced: Mapping[str, torch.Tensor]) -> Path:
+    """Write a copy of ``base`` to ``out`` with the tensors in ``replaced`` swapped in
+    (each cast to the base tensor's dtype), keeping the shard layout and copying every
+    non-weight file (config, tokenizer, generation config). Written to a temporary
+    folder beside ``out`` and renamed when whole."""
+    out = Path(out)
+    unknown = set(replaced) - set(base.files)
+    if unknown:
+        raise CheckpointError(f"{base.path}: cannot replace tensors it does not hold: {sorted(unknown)[:5]}")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for item in base.path.iterdir():
+            if item.is_file() and not item.name.endswith(".safetensors"):
+                shutil.copy2(item, tmp / item.name)
+        by_file: dict[Path, list[str]] = defaultdict(list)
+        for name, file in base.files.items():
+            by_file[file].append(name)
+        for file, names in by_file.items():
+            tensors = {}
+            for name in names:
+                original = base.get(name)
+                tensor = replaced.get(name, original)
+                if tensor.shape != original.shape:
+                    raise CheckpointError(f"replacement for {name!r} has shape {tuple(tensor.shape)}, "
+                                          f"expected {tuple(original.shape)}")
+                tensors[name] = tensor.detach().to("cpu", original.dtype).contiguous()
+            save_file(tensors, str(tmp / file.name), metadata={"format": "pt"})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
