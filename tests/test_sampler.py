@@ -98,6 +98,11 @@ def test_bad_arguments(kwargs, match):
 def test_state_from_another_sampler_is_refused():
     with pytest.raises(ValueError, match="num_rows=5"):
         GainRLSampler(torch.rand(4), 2).load_state_dict(GainRLSampler(torch.rand(5), 2).state_dict())
+    scores = torch.rand(6)
+    with pytest.raises(ValueError, match="sigma=3.0"):
+        GainRLSampler(scores, 2, sigma=4).load_state_dict(GainRLSampler(scores, 2, sigma=3).state_dict())
+    with pytest.raises(ValueError, match="scores_digest"):
+        GainRLSampler(scores, 2).load_state_dict(GainRLSampler(scores + 1, 2).state_dict())
 
 
 def test_sigma_fraction():

@@ -140,10 +140,12 @@ def group_by_shape(ckpt: Checkpoint, names: Iterable[str], max_batch_bytes: int 
     return batches
 
 
-def write_checkpoint(base: Checkpoint, out: str | Path, replaced: Mapping[str, torch.Tensor]) -> Path:
+def write_checkpoint(base: Checkpoint, out: str | Path, replaced: Mapping[str, torch.Tensor],
+                     extra_files: Mapping[str, str] | None = None) -> Path:
     """Write a copy of ``base`` to ``out`` with the tensors in ``replaced`` swapped in
     (each cast to the base tensor's dtype), keeping the shard layout and copying every
-    non-weight file (config, tokenizer, generation config). Written to a temporary
+    non-weight file (config, tokenizer, generation config); ``extra_files`` maps file
+    names to text to add (e.g. a JSON of what was done). Written to a temporary
     folder beside ``out`` and renamed when whole."""
     out = Path(out)
     unknown = set(replaced) - set(base.files)
@@ -169,6 +171,8 @@ def write_checkpoint(base: Checkpoint, out: str | Path, replaced: Mapping[str, t
                                           f"expected {tuple(original.shape)}")
                 tensors[name] = tensor.detach().to("cpu", original.dtype).contiguous()
             save_file(tensors, str(tmp / file.name), metadata={"format": "pt"})
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -10,7 +10,10 @@ and, after the batch is trained on, ``update(acc, ang)`` moves the mean by
     adj = n * tanh(alpha * (acc_scale * acc - beta)) + n * tanh(alpha * ang)
     mu <- clip(mu + clip(adj, adj_min, adj_max), 0, N - 1)
 
-where acc and ang are the batch means of accuracy and angle score. Defaults are
+where acc and ang are the batch means of accuracy and angle score (tanh
+saturates: with the released weighting intra + 8 * inter, scores reach ~9 and
+the angle term is ~n at every step; scores of order 1, e.g. intra + inter,
+keep it informative). Defaults are
 the released code's (sigma = 1000 ranks, n = 500, beta = 0.5, alpha = 2,
 acc_scale = 1/2, adj_min = 0, adj_max = 1000: mu never moves back);
 ``two_way=True`` sets adj_min = -adj_max. mu is kept inside [0, N-1] (the
@@ -25,6 +28,7 @@ applies the same updates yields the same sequence.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Sequence
 
@@ -122,12 +126,19 @@ class GainRLSampler:
                              "mu": self.mu})
         return self.mu
 
+    @property
+    def scores_digest(self) -> str:
+        return hashlib.sha1(self.scores.numpy().tobytes()).hexdigest()[:16]
+
     def state_dict(self) -> dict:
         return {"mu": self.mu, "draw_mus": list(self.draw_mus), "history": [dict(h) for h in self.history],
-                "seed": self.seed, "num_rows": self.num_rows, "batch_size": self.batch_size, "sigma": self.sigma}
+                "seed": self.seed, "num_rows": self.num_rows, "batch_size": self.batch_size, "sigma": self.sigma,
+                "scores_digest": self.scores_digest}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("num_rows", "batch_size", "seed"):
+        """Restore a state saved by a sampler over the same scores and settings
+        (anything else would replay different draws, so it is refused)."""
+        for key in ("num_rows", "batch_size", "seed", "sigma", "scores_digest"):
             if state[key] != getattr(self, key):
                 raise ValueError(f"sampler state has {key}={state[key]}, this sampler has {getattr(self, key)}")
         self.mu = float(state["mu"])

@@ -30,6 +30,7 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
+from rlsignals.distributed import barrier, rank_and_world
 from rlsignals.ops.angle import angle_stats_spans
 from rlsignals.scoring.capture import StopForward, capture_input, resolve_module
 from rlsignals.scoring.prompts import PromptTemplate, TemplateBounds, load_few_shot, load_rows
@@ -184,25 +185,6 @@ def add_ranks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _distributed() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        return 0, 1
-    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def _fingerprint(**parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -245,7 +227,7 @@ def score_dataset(model: str | Path | nn.Module, data: str | Path, out: str | Pa
     if ordered_data is not None:
         ordered_data = check_table_path(ordered_data)
     rows = load_rows(data, prompt_field)
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     model_id = str(model) if isinstance(model, (str, Path)) else type(model).__name__
     model, tokenizer = load_model(model, tokenizer, device, dtype)
     template = PromptTemplate(tokenizer, system_prompt, load_few_shot(few_shot) if few_shot else [], use_chat_template)
@@ -273,7 +255,7 @@ def score_dataset(model: str | Path | nn.Module, data: str | Path, out: str | Pa
             sink.flush()
             bar.update(len(batch_rows))
 
-    _barrier(world)
+    barrier(world)
     partials = [out.with_name(out.name + f".partial.rank{r}.jsonl") for r in range(world)] if world > 1 else [partial]
     scored = add_ranks([row for path in partials for row in list(read_jsonl_tolerant(path))[1:]])
     if rank == 0:
@@ -282,7 +264,7 @@ def score_dataset(model: str | Path | nn.Module, data: str | Path, out: str | Pa
             extra = ("intra", "inter", "score", "rank")
             write_table([{**rows[r["index"]], **{k: r[k] for k in extra}}
                          for r in sorted(scored, key=lambda r: r["rank"])], ordered_data)
-    _barrier(world)
+    barrier(world)
     if rank == 0:
         for path in partials:
             path.unlink(missing_ok=True)

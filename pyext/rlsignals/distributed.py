@@ -1,0 +1,56 @@
+"""torch.distributed helpers for work split across ranks (torchrun).
+
+Under torchrun (WORLD_SIZE > 1) the default process group is started on first
+use: NCCL when CUDA is present, else gloo. Without torchrun everything runs as
+rank 0 of 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def rank_and_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_object(obj, world: int):
+    """rank 0's ``obj`` on every rank."""
+    if world == 1:
+        return obj
+    import torch.distributed as dist
+
+    shared = [obj]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
+def merge_dicts(part: dict, world: int) -> dict:
+    """The union of every rank's dict, on every rank."""
+    if world == 1:
+        return part
+    import torch.distributed as dist
+
+    everyone: list = [None] * world
+    dist.all_gather_object(everyone, part)
+    merged: dict = {}
+    for other in everyone:
+        merged.update(other)
+    return merged

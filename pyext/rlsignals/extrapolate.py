@@ -1,0 +1,133 @@
+"""Jump ahead: write the checkpoint that the early trajectory predicts.
+
+Three extrapolators with one interface, ``extrapolate(method=...)``:
+
+  alpharl      per module, 1-component PLS between the aligned rank-1 features
+               x_t = sigma_t u_t and accuracy, inverted at ``target_accuracy``;
+               the predicted update x* v_T^T is added to the latest fitted
+               checkpoint W_T (the released method; ``update="replace"`` instead
+               swaps the rank-1 part, W_T + (x* - x_T) v_T^T)
+  linear_step  per module, the line x_t = a + b * step through the fitted
+               features, evaluated at ``target_step``: W_T + (x* - x_T) v_T^T
+  two_point    W_0 + a (W_T - W_0) with a = target_step / step_T (or ``factor``)
+
+The result is a loadable HF checkpoint (the latest fitted checkpoint's files,
+with the tracked modules replaced) plus ``extrapolation.json`` recording the
+method, the fitted checkpoints and, per module, the fit's R^2 in-sample and
+leave-one-out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from rlsignals.alpharl import align_signs, fit_pls, linear_in_step
+from rlsignals.checkpoints import Checkpoint, write_checkpoint
+from rlsignals.trajectory import Trajectory
+
+METHODS = ("alpharl", "linear_step", "two_point")
+
+
+def read_accuracy(path: str | Path, step_field: str = "step", acc_field: str = "accuracy") -> dict[int, float]:
+    """step -> accuracy from a .jsonl or .csv file."""
+    path = Path(path)
+    if path.suffix.lower() == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    elif path.suffix.lower() == ".csv":
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        raise ValueError(f"{path}: accuracy file must be .jsonl or .csv")
+    out = {}
+    for i, row in enumerate(rows):
+        if step_field not in row or acc_field not in row:
+            raise ValueError(f"{path}: row {i} lacks {step_field!r} or {acc_field!r} (fields: {sorted(row)})")
+        out[int(row[step_field])] = float(row[acc_field])
+    return out
+
+
+def _fitted(traj: Trajectory, accuracy: dict[int, float], fit_steps: Sequence[int] | None,
+            accuracy_path: str) -> list[int]:
+    """Indices of the trajectory's checkpoints to fit, all with an accuracy."""
+    steps = traj.steps
+    if any(s is None for s in steps):
+        raise ValueError("some checkpoints of the trajectory have no step; rerun `rlsignals rank1` with --steps")
+    orphans = sorted(set(accuracy) - set(steps))
+    if orphans:
+        raise ValueError(f"{accuracy_path}: steps {orphans[:10]} have no checkpoint in the trajectory "
+                         f"(its steps: {steps})")
+    wanted = set(fit_steps) if fit_steps is not None else set(accuracy)
+    missing = sorted(wanted - set(accuracy))
+    if missing:
+        raise ValueError(f"{accuracy_path}: no accuracy for fitted steps {missing[:10]}")
+    chosen = [i for i, s in enumerate(steps) if s in wanted]
+    if len(chosen) < 2:
+        raise ValueError(f"need at least 2 fitted checkpoints with an accuracy, got {len(chosen)}")
+    return chosen
+
+
+def extrapolate(base: str | Path, traj: Trajectory, out: str | Path, *, method: str = "alpharl",
+                accuracy: dict[int, float] | None = None, accuracy_path: str = "<accuracy>",
+                fit_steps: Sequence[int] | None = None, target_accuracy: float | None = None,
+                target_step: int | None = None, factor: float | None = None, update: str = "released") -> Path:
+    """Write the extrapolated checkpoint to ``out``; see the module docstring."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if update not in ("released", "replace"):
+        raise ValueError(f"update must be 'released' or 'replace', got {update!r}")
+    if method == "alpharl" and (accuracy is None or target_accuracy is None):
+        raise ValueError("alpharl needs the accuracy per step and target_accuracy")
+    if method == "linear_step" and target_step is None:
+        raise ValueError("linear_step needs target_step")
+    if method == "two_point" and target_step is None and factor is None:
+        raise ValueError("two_point needs target_step or factor")
+    if accuracy is not None:
+        chosen = _fitted(traj, accuracy, fit_steps, accuracy_path)
+    else:
+        steps = traj.steps
+        chosen = [i for i, s in enumerate(steps) if fit_steps is None or s in set(fit_steps)]
+    latest = chosen[-1]
+    latest_path = traj.records[latest].path
+    base_ckpt, latest_ckpt = Checkpoint(base), Checkpoint(latest_path)
+    report: dict[str, Any] = {"method": method, "base": str(base), "fitted_checkpoints": [traj.records[i].path
+                                                                                          for i in chosen],
+                              "fitted_steps": [traj.steps[i] for i in chosen], "written_from": latest_path,
+                              "target_accuracy": target_accuracy, "target_step": target_step, "update": update,
+                              "modules": {}}
+    replaced = {}
+    for module in traj.modules:
+        w_latest = latest_ckpt.get(module).float()
+        if method == "two_point":
+            step_t = traj.steps[latest]
+            a = factor if factor is not None else target_step / step_t
+            replaced[module] = base_ckpt.get(module).float() + a * (w_latest - base_ckpt.get(module).float())
+            report["modules"][module] = {"factor": a}
+            continue
+        u, v = traj.vectors(module)
+        u, v, flips = align_signs(u[chosen], v[chosen])
+        sigma = traj.scalar("sigma", module)[chosen].float()
+        features = (sigma[:, None] * u).numpy()
+        info: dict[str, Any] = {"sign_flips": int(flips.sum())}
+        if method == "alpharl":
+            fit = fit_pls(features, np.array([accuracy[traj.steps[i]] for i in chosen]))
+            x_star = fit.invert(target_accuracy)
+            info |= {"r2": fit.r2, "r2_loo": fit.r2_loo, "slope": fit.slope}
+            increment = x_star if update == "released" else x_star - features[-1]
+        else:
+            x_star, r2 = linear_in_step(features, [traj.steps[i] for i in chosen], target_step)
+            info |= {"r2": r2}
+            increment = x_star - features[-1]
+        delta = torch.outer(torch.as_tensor(increment, dtype=torch.float32), v[-1])
+        info["update_norm"] = float(delta.norm())
+        replaced[module] = w_latest + delta
+        report["modules"][module] = info
+    r2s = [m["r2"] for m in report["modules"].values() if "r2" in m and math.isfinite(m["r2"])]
+    report["mean_r2"] = float(np.mean(r2s)) if r2s else None
+    return write_checkpoint(latest_ckpt, out, replaced, {"extrapolation.json": json.dumps(report, indent=1) + "\n"})

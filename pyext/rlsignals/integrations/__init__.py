@@ -1,0 +1,1 @@
+"""Trainer integrations (TRL, verl); each module imports its trainer library only when used."""
