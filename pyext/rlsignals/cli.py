@@ -1,8 +1,9 @@
-"""Command line: ``rlsignals doctor | build | demo | score``."""
+"""Command line: ``rlsignals doctor | build | demo | score | rank1 | rank1-model | extrapolate``."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 
@@ -63,7 +64,7 @@ def _score(args: argparse.Namespace) -> int:
                          system_prompt=system_prompt, few_shot=args.few_shot,
                          use_chat_template=not args.no_chat_template, config=config,
                          ordered_data=args.ordered_data, device=args.device, dtype=args.dtype, restart=args.restart)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
+    if int(os.environ.get("RANK", "0")) == 0:
         print(f"scored {len(rows)} prompts -> {args.out}" + (f" (ordered rows: {args.ordered_data})"
                                                              if args.ordered_data else ""))
     return 0
@@ -99,6 +100,81 @@ def _add_score_parser(sub) -> None:
     score.set_defaults(func=_score)
 
 
+def _rank1(args: argparse.Namespace) -> int:
+    from rlsignals.rank1 import track_rank1
+
+    traj = track_rank1(args.base, args.ckpt, args.out, steps=args.steps, include=args.include, exclude=args.exclude,
+                       device=args.device, tol=args.tol, max_iters=args.max_iters, backend=args.backend)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"trajectory of {len(traj.modules)} modules over {len(traj.records)} checkpoints -> {args.out}")
+    return 0
+
+
+def _rank1_model(args: argparse.Namespace) -> int:
+    from rlsignals.rank1 import rank1_model
+    from rlsignals.trajectory import Trajectory
+
+    out = rank1_model(args.base, Trajectory.open(args.traj), args.out, checkpoint=args.checkpoint, alpha=args.alpha,
+                      scale=args.scale)
+    print(f"rank-1 model -> {out}")
+    return 0
+
+
+def _extrapolate(args: argparse.Namespace) -> int:
+    from rlsignals.extrapolate import extrapolate, read_accuracy
+    from rlsignals.trajectory import Trajectory
+
+    accuracy = read_accuracy(args.accuracy, args.step_field, args.acc_field) if args.accuracy else None
+    out = extrapolate(args.base, Trajectory.open(args.traj), args.out, method=args.method, accuracy=accuracy,
+                      accuracy_path=args.accuracy or "<none>", fit_steps=args.fit_steps,
+                      target_accuracy=args.target_accuracy, target_step=args.target_step, factor=args.factor,
+                      update=args.update)
+    print(f"{args.method} extrapolation -> {out} (what was done: {out / 'extrapolation.json'})")
+    return 0
+
+
+def _add_checkpoint_parsers(sub) -> None:
+    from rlsignals.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+
+    rank1 = sub.add_parser("rank1", help="rank-1 trajectory of the weight updates over checkpoints (resumable)")
+    rank1.add_argument("--base", required=True, help="the checkpoint RL started from (HF folder)")
+    rank1.add_argument("--ckpt", required=True, nargs="+", help="checkpoints in training order")
+    rank1.add_argument("--out", required=True, help="trajectory store folder (reruns skip finished checkpoints)")
+    rank1.add_argument("--steps", type=int, nargs="+", default=None,
+                       help="training step of each checkpoint (default: from trainer_state.json or the folder name)")
+    rank1.add_argument("--include", default=DEFAULT_INCLUDE, help="regex of tensor names to track")
+    rank1.add_argument("--exclude", default=DEFAULT_EXCLUDE, help="regex of tensor names to leave out")
+    rank1.add_argument("--device", default="cpu")
+    rank1.add_argument("--tol", type=float, default=1e-4)
+    rank1.add_argument("--max-iters", type=int, default=None)
+    rank1.add_argument("--backend", default="auto")
+    rank1.set_defaults(func=_rank1)
+
+    model = sub.add_parser("rank1-model", help="write W0 + alpha * scale * u1 v1^T for every tracked module")
+    model.add_argument("--base", required=True)
+    model.add_argument("--traj", required=True)
+    model.add_argument("--out", required=True)
+    model.add_argument("--checkpoint", type=int, default=-1, help="which trajectory entry (default: the last)")
+    model.add_argument("--alpha", type=float, default=1.0)
+    model.add_argument("--scale", choices=["frob", "sigma"], default="frob")
+    model.set_defaults(func=_rank1_model)
+
+    extra = sub.add_parser("extrapolate", help="jump ahead: AlphaRL, linear-in-step or two-point extrapolation")
+    extra.add_argument("--base", required=True)
+    extra.add_argument("--traj", required=True)
+    extra.add_argument("--out", required=True)
+    extra.add_argument("--method", choices=["alpharl", "linear_step", "two_point"], default="alpharl")
+    extra.add_argument("--accuracy", default=None, help=".jsonl/.csv with the accuracy per step")
+    extra.add_argument("--step-field", default="step")
+    extra.add_argument("--acc-field", default="accuracy")
+    extra.add_argument("--fit-steps", type=int, nargs="+", default=None, help="steps to fit (default: all)")
+    extra.add_argument("--target-accuracy", type=float, default=None)
+    extra.add_argument("--target-step", type=int, default=None)
+    extra.add_argument("--factor", type=float, default=None, help="two_point: W0 + factor * (WT - W0)")
+    extra.add_argument("--update", choices=["released", "replace"], default="released")
+    extra.set_defaults(func=_extrapolate)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlsignals", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="rlsignals-demo", help="folder for the plots and JSON (default: %(default)s)")
     demo.set_defaults(func=_demo)
     _add_score_parser(sub)
+    _add_checkpoint_parsers(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
