@@ -1,4 +1,4 @@
-"""Command line: ``rlsignals doctor | build | demo | score | rank1 | rank1-model | extrapolate``."""
+"""Command line: ``rlsignals doctor | build | demo | score | rank1 | rank1-model | extrapolate | diff-report``."""
 
 from __future__ import annotations
 
@@ -133,6 +133,16 @@ def _extrapolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diff_report(args: argparse.Namespace) -> int:
+    from rlsignals.report import diff_report
+
+    report = diff_report(args.before, args.after, args.out, k=args.k, alpha=args.alpha, include=args.include,
+                         exclude=args.exclude, device=args.device, max_iters=args.max_iters, backend=args.backend)
+    print(f"{len(report['modules'])} modules; bf16 sparsity {report['overall_unchanged_frac']:.4f}; "
+          f"report -> {args.out}/index.html")
+    return 0
+
+
 def _add_checkpoint_parsers(sub) -> None:
     from rlsignals.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 
@@ -173,6 +183,19 @@ def _add_checkpoint_parsers(sub) -> None:
     extra.add_argument("--factor", type=float, default=None, help="two_point: W0 + factor * (WT - W0)")
     extra.add_argument("--update", choices=["released", "replace"], default="released")
     extra.set_defaults(func=_extrapolate)
+
+    diff = sub.add_parser("diff-report", help="what an update changed: sparsity, principal weights, subspace angles")
+    diff.add_argument("--before", required=True)
+    diff.add_argument("--after", required=True)
+    diff.add_argument("--out", required=True, help="report folder (report.json, PNGs, index.html)")
+    diff.add_argument("--k", type=int, default=64, help="rank of the principal subspaces")
+    diff.add_argument("--alpha", type=float, default=0.5, help="fraction of weights counted as principal")
+    diff.add_argument("--include", default=DEFAULT_INCLUDE)
+    diff.add_argument("--exclude", default=DEFAULT_EXCLUDE)
+    diff.add_argument("--device", default="cpu")
+    diff.add_argument("--max-iters", type=int, default=None, help="passes per SVD at most (default 64)")
+    diff.add_argument("--backend", default="auto")
+    diff.set_defaults(func=_diff_report)
 
 
 def main(argv: list[str] | None = None) -> int:
