@@ -1,16 +1,17 @@
 // CPU kernel for delta_gram_product (see delta_products.h for the math).
 //
-// Per block of RB rows, inside one OpenMP parallel region:
-//   phase 1 (rows split across threads): D[i] = after[i] - before[i] converted
-//     to Acc into a block buffer (squares summed on the way), then
-//     Y[i] = D[i] X, several rows at a time so each row of X is loaded once
-//     per group; broadcast D[i][j] times the p-wide row X[j] (p <= 32 columns
-//     live in one to four 512-bit registers per row);
-//   phase 2 (columns split across threads): Z[j] += sum_i D[i][j] Y[i], with
-//     up to 16 rows of Y held in registers.
-// The input is read from memory once; the buffer (a few hundred KiB) is read
-// twice from cache. bf16 is widened with a 16-bit shift, fp16 with vcvtph2ps;
-// without AVX-512 (F + BW) the same code runs on a portable lane type.
+// The rows are cut into fixed slabs (their number set by m, never by the
+// thread count); threads take slabs dynamically, and each slab adds into its
+// own Z partial, so threads never wait for each other until the end, when the
+// partials are added in slab order. Within a slab, groups of up to 16 rows:
+//   - convert: D[i] = after[i] - before[i] in Acc into a small buffer, squares
+//     summed on the way, the rows of the next group asked into L2 meanwhile;
+//   - Y[i] = D[i] X: broadcast D[i][j] times the p-wide row X[j] (p <= 32
+//     columns live in one to four 512-bit registers), several rows at a time;
+//   - Z_slab[j] += sum_i D[i][j] Y[i], the group's Y rows held in registers.
+// The input is read from memory once; the buffer is read twice from cache.
+// bf16 is widened with a 16-bit shift, fp16 with vcvtph2ps; without AVX-512
+// (F + BW) the same code runs on a portable lane type.
 #include "delta_products.h"
 
 #include <algorithm>
@@ -25,8 +26,8 @@
 namespace rlsignals::cpu {
 namespace {
 
-constexpr int64_t kBlockBytes = 1 << 20;  // target size of the D block buffer
-constexpr int64_t kColumnTile = 256;      // columns per phase-2 work item
+constexpr int64_t kSlabRows = 256;  // rows per slab (a work item with its own Z partial)
+constexpr int64_t kMaxSlabs = 64;
 
 // ---- one register of lanes in the accumulation type -------------------------
 #ifdef RLSIGNALS_AVX512
@@ -41,6 +42,7 @@ struct Lanes<float> {
   static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V set1(float s) { return _mm512_set1_ps(s); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_ps(a, b); }
 };
 template <>
 struct Lanes<double> {
@@ -51,6 +53,7 @@ struct Lanes<double> {
   static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
   static V set1(double s) { return _mm512_set1_pd(s); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V add(V a, V b) { return _mm512_add_pd(a, b); }
 };
 #else
 template <typename Acc>
@@ -75,6 +78,10 @@ struct Lanes {
     for (int l = 0; l < W; ++l) c.v[l] += a.v[l] * b.v[l];
     return c;
   }
+  static V add(V a, const V& b) {
+    for (int l = 0; l < W; ++l) a.v[l] += b.v[l];
+    return a;
+  }
 };
 #endif
 
@@ -94,36 +101,54 @@ inline float to_float(uint16_t bits, ElemType type) {
 
 // out[j] = a[j] - b[j] in Acc (b null: a[j]); returns sum_j out[j]^2 summed in Acc.
 // Every input value is exact in float, so the difference is rounded once, in Acc.
+// a_next / b_next (may be null): a later row, asked into L2 on the way, so that its
+// loads overlap the multiply-adds that run before it is converted.
 template <typename In, typename Acc>
-Acc delta_row(const In* a, const In* b, ElemType type, int64_t n, Acc* out) {
+Acc delta_row(const In* a, const In* b, ElemType type, int64_t n, Acc* out, const In* a_next, const In* b_next) {
+  auto prefetch = [a_next, b_next](int64_t j) {
+    if ((j * static_cast<int64_t>(sizeof(In))) % 64 != 0) return;
+    if (a_next) __builtin_prefetch(a_next + j, 0, 2);
+    if (b_next) __builtin_prefetch(b_next + j, 0, 2);
+  };
   int64_t j = 0;
   Acc sq = 0;
 #ifdef RLSIGNALS_AVX512
+  // Full vectors take plain loads and stores; only the tail is masked.
   auto load16 = [type](const In* p, __mmask16 m) {
     if constexpr (sizeof(In) == 4) {
-      return _mm512_maskz_loadu_ps(m, p);
+      return m == 0xffff ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
     } else {
-      const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
+      const __m256i raw = m == 0xffff ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                                      : _mm256_maskz_loadu_epi16(m, p);
       if (type == ElemType::kBFloat16) {
         return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
       }
       return _mm512_cvtph_ps(raw);
     }
   };
+  auto tail_mask = [n](int64_t j) {
+    return n - j >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - j)) - 1u);
+  };
   if constexpr (sizeof(Acc) == 4) {
     __m512 acc = _mm512_setzero_ps();
     for (; j < n; j += 16) {
-      const __mmask16 m = n - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - j)) - 1u);
+      prefetch(j);
+      const __mmask16 m = tail_mask(j);
       __m512 d = load16(a + j, m);
       if (b) d = _mm512_sub_ps(d, load16(b + j, m));
-      _mm512_mask_storeu_ps(out + j, m, d);
+      if (m == 0xffff) {
+        _mm512_storeu_ps(out + j, d);
+      } else {
+        _mm512_mask_storeu_ps(out + j, m, d);
+      }
       acc = _mm512_fmadd_ps(d, d, acc);
     }
     sq = _mm512_reduce_add_ps(acc);
   } else {
     __m512d acc = _mm512_setzero_pd();
     for (; j < n; j += 16) {
-      const __mmask16 m = n - j >= 16 ? 0xffff : static_cast<__mmask16>((1u << (n - j)) - 1u);
+      prefetch(j);
+      const __mmask16 m = tail_mask(j);
       const __m512 va = load16(a + j, m);
       const __m512 vb = b ? load16(b + j, m) : _mm512_setzero_ps();
       for (int half = 0; half < 2; ++half) {
@@ -145,6 +170,7 @@ Acc delta_row(const In* a, const In* b, ElemType type, int64_t n, Acc* out) {
     }
   };
   for (; j < n; ++j) {
+    prefetch(j);
     const Acc d = static_cast<Acc>(read(a, j)) - (b ? static_cast<Acc>(read(b, j)) : Acc(0));
     out[j] = d;
     sq += d * d;
@@ -217,48 +243,55 @@ double product_pass(const In* a, const In* b, ElemType type, int64_t m, int64_t 
                     const Acc* x, int64_t p, Acc* y, Acc* z) {
   constexpr int P = NV * Lanes<Acc>::W;
   constexpr int kRowsPhase1 = kChains<NV>;
-  constexpr int kRowsPhase2 = 16 / NV;
-  const int64_t rb = std::clamp<int64_t>(kBlockBytes / (n * static_cast<int64_t>(sizeof(Acc))) / 16 * 16, 16, 256);
-  std::vector<Acc> xp(n * P, Acc(0)), zp(n * P, Acc(0)), block(rb * n), yb(rb * P);
-  std::vector<Acc> rowsq(rb);
+  constexpr int kGroup = 16 / NV;  // rows per group: Y rows of a group stay in registers in phase 2
+  const int64_t slabs = std::clamp<int64_t>((m + kSlabRows - 1) / kSlabRows, 1, kMaxSlabs);
+  const int64_t slab_rows = (m + slabs - 1) / slabs;
+  const int64_t ld = (n + 15) / 16 * 16 + 16;
+  std::vector<Acc> xp(n * P, Acc(0)), partial(slabs * n * P, Acc(0));
+  std::vector<Acc> rowsq(m);
   for (int64_t j = 0; j < n; ++j) std::copy(x + j * p, x + j * p + p, xp.begin() + j * P);
-  const int64_t tiles = (n + kColumnTile - 1) / kColumnTile;
-  double frob2 = 0.0;
 
 #pragma omp parallel
-  for (int64_t r0 = 0; r0 < m; r0 += rb) {
-    const int64_t rows = std::min(rb, m - r0);
-    const int64_t groups = (rows + kRowsPhase1 - 1) / kRowsPhase1;
-#pragma omp for schedule(static)
-    for (int64_t g = 0; g < groups; ++g) {
-      const int64_t first = g * kRowsPhase1;
-      const int64_t count = std::min<int64_t>(kRowsPhase1, rows - first);
-      for (int64_t i = first; i < first + count; ++i) {
-        const int64_t row = r0 + i;
-        rowsq[i] = delta_row<In, Acc>(a + row * sa, b ? b + row * sb : nullptr, type, n, block.data() + i * n);
+  {
+    std::vector<Acc> block(kGroup * ld), yb(kGroup * P);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t s = 0; s < slabs; ++s) {
+      Acc* zs = partial.data() + s * n * P;
+      const int64_t end = std::min(m, (s + 1) * slab_rows);
+      for (int64_t r0 = s * slab_rows; r0 < end; r0 += kGroup) {
+        const int64_t rows = std::min<int64_t>(kGroup, end - r0);
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t row = r0 + i, ahead = row + kGroup;
+          rowsq[row] = delta_row<In, Acc>(a + row * sa, b ? b + row * sb : nullptr, type, n, block.data() + i * ld,
+                                          ahead < end ? a + ahead * sa : nullptr,
+                                          ahead < end && b ? b + ahead * sb : nullptr);
+        }
+        int64_t i = 0;
+        for (; i + kRowsPhase1 <= rows; i += kRowsPhase1)
+          rows_times_x<Acc, NV, kRowsPhase1>(block.data() + i * ld, ld, n, xp.data(), yb.data() + i * P);
+        for (; i < rows; ++i) rows_times_x<Acc, NV, 1>(block.data() + i * ld, ld, n, xp.data(), yb.data() + i * P);
+        for (i = 0; i < rows; ++i) std::copy(yb.begin() + i * P, yb.begin() + i * P + p, y + (r0 + i) * p);
+        if (rows == kGroup) {
+          add_dt_y<Acc, NV, kGroup>(block.data(), ld, 0, n, yb.data(), zs);
+        } else {
+          for (i = 0; i < rows; ++i) add_dt_y<Acc, NV, 1>(block.data() + i * ld, ld, 0, n, yb.data() + i * P, zs);
+        }
       }
-      if (count == kRowsPhase1) {
-        rows_times_x<Acc, NV, kRowsPhase1>(block.data() + first * n, n, n, xp.data(), yb.data() + first * P);
-      } else {
-        for (int64_t i = first; i < first + count; ++i)
-          rows_times_x<Acc, NV, 1>(block.data() + i * n, n, n, xp.data(), yb.data() + i * P);
-      }
-      for (int64_t i = first; i < first + count; ++i)
-        std::copy(yb.begin() + i * P, yb.begin() + i * P + p, y + (r0 + i) * p);
     }
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int64_t j0 = t * kColumnTile, j1 = std::min(n, j0 + kColumnTile);
-      int64_t r = 0;
-      for (; r + kRowsPhase2 <= rows; r += kRowsPhase2)
-        add_dt_y<Acc, NV, kRowsPhase2>(block.data() + r * n, n, j0, j1, yb.data() + r * P, zp.data());
-      for (; r < rows; ++r) add_dt_y<Acc, NV, 1>(block.data() + r * n, n, j0, j1, yb.data() + r * P, zp.data());
+    for (int64_t j = 0; j < n; ++j) {
+      typename Lanes<Acc>::V sum[NV];
+      for (int v = 0; v < NV; ++v) sum[v] = Lanes<Acc>::zero();
+      for (int64_t s = 0; s < slabs; ++s)
+        for (int v = 0; v < NV; ++v)
+          sum[v] = Lanes<Acc>::add(sum[v], Lanes<Acc>::load(partial.data() + (s * n + j) * P + v * Lanes<Acc>::W));
+      Acc row[P];
+      for (int v = 0; v < NV; ++v) Lanes<Acc>::store(row + v * Lanes<Acc>::W, sum[v]);
+      std::copy(row, row + p, z + j * p);
     }
-#pragma omp single
-    for (int64_t i = 0; i < rows; ++i) frob2 += static_cast<double>(rowsq[i]);
   }
-
-  for (int64_t j = 0; j < n; ++j) std::copy(zp.begin() + j * P, zp.begin() + j * P + p, z + j * p);
+  double frob2 = 0.0;
+  for (int64_t i = 0; i < m; ++i) frob2 += static_cast<double>(rowsq[i]);
   return frob2;
 }
 

@@ -8,13 +8,13 @@
 //     Z = dW^T Y            [n, p]      (= dW^T dW X)
 //     returns ||dW||_F^2    (double)
 //
-// in ONE pass over after and before. Rows are taken in blocks; a block of dW
-// is formed in the accumulation type Acc (float or double) in a buffer of a
-// few hundred KiB, never all of dW. Within a block, threads first split the
-// rows (conversion, Y rows), then the columns (Z += D^T Y). So every entry of
-// Y is a sum over j = 0..n-1 in order, every entry of Z a sum over rows in
-// order, and the squares of a row are summed in Acc and the rows in double in
-// order: results do not depend on the thread count.
+// in ONE pass over after and before. Rows are taken in groups; a group of dW
+// is formed in the accumulation type Acc (float or double) in a small buffer,
+// never all of dW. Every entry of Y is a sum over j = 0..n-1 in order; every
+// entry of Z a sum over rows, in order within fixed slabs of rows and the slab
+// sums in order; the squares of a row are summed in Acc and the rows in double
+// in order. The slabs depend on m only: results do not depend on the thread
+// count.
 #pragma once
 #include <cstdint>
 

@@ -28,6 +28,8 @@ void check_product_args(const at::Tensor& after, const std::optional<at::Tensor>
               "delta_gram_product: x must be float32 or float64, got ", x.scalar_type());
   TORCH_CHECK(members.dim() == 1 && members.size(0) == x.size(0) && members.scalar_type() == at::kLong,
               "delta_gram_product: members must be int64 [b], one per block of x");
+  TORCH_CHECK(x.device() == after.device() && (!before || before->device() == after.device()),
+              "delta_gram_product: after, before and x must be on one device");
 }
 
 template <typename Acc>

@@ -62,6 +62,22 @@ def test_planted_gap_converges_to_tol(ratio, dtype, shape):
     assert sin_angle(out.V[:, 0], vh[0]) <= davis_kahan(exact, out.V[:, 0], float(s[0]), float(s[1])) + 1e-6
 
 
+@pytest.mark.parametrize("case", range(16))
+def test_bound_is_honest_on_random_spectra(case):
+    """Random shapes, gaps, tails, noise levels, dtypes and k: never below the true error."""
+    gen = torch.Generator().manual_seed(case)
+    m, n = (int(v) for v in torch.randint(8, 90, (2,), generator=gen))
+    ratio = [0.5, 0.9, 0.99, 0.999][case % 4]
+    decay = float(torch.empty(1).uniform_(0.3, 0.97, generator=gen))
+    sigmas = gap_spectrum(ratio, length=min(m, n), decay=decay)
+    noise = [0.0, 0.01, 0.1, 1.0][(case // 4) % 4]
+    k = int(torch.randint(1, min(4, m, n) + 1, (1,), generator=gen))
+    dtype = [torch.float32, torch.bfloat16, torch.float16][case % 3]
+    after, before = weight_pair(planted_delta(m, n, sigmas, noise=noise, seed=case), dtype, seed=case)
+    out = solve(after, before, k=k, max_iters=20)
+    assert_honest(out, after, before, k)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_slow_tail_is_honest_not_converged(shape):
     """sigma_2/sigma_1 = 0.9 and a tail that holds most of ||dW||_F^2: the certificate

@@ -6,15 +6,16 @@ converged leaves the batch):
     X_0 = orthonormal basis of [init | Gaussian columns]      [n, p], p = k + oversample
     repeat (one pass over after/before each):
         Y, Z = dW X, dW^T (dW X)                  fused product (ops/svd_products.py)
-        V = X L^-T with L L^T = X^T X (fp64)      exactly orthonormal basis of span(X)
-        Rayleigh-Ritz: eig(V^T Z L^-T) = W Theta W^T; Ritz vectors V W, G V W = Z L^-T W
-        bound theta_1..k from the residual R = G V W - V W Theta (ops/svd_bound.py)
-        X <- orthonormal basis of G V W            (one step of block subspace iteration)
+        C0 = L^-T with L L^T = X^T X (fp64)       X C0: orthonormal basis of span(X)
+        Rayleigh-Ritz: eig(C0^T X^T Z C0) = W Theta W^T; Ritz vectors X C0 W,
+            their images G X C0 W = Z C0 W and dW X C0 W = Y C0 W (all fp64, p x p work)
+        bound theta_1..k from the residual R = Z C0 W - X C0 W Theta (ops/svd_bound.py)
+        X <- orthonormal basis of Z C0 W          (one step of block subspace iteration)
 
 Iterations run in fp32. When the fp32 bound says a member is within ``tol`` (or at its
 last iteration), its next pass runs with fp64 accumulation and certifies: the bound
 computed from that pass holds for the exact dW, with every rounding of the pass
-counted (``_margin``). The member stops when the certified bound is within ``tol``.
+counted (``_rounding``). The member stops when the certified bound is within ``tol``.
 Each returned ``err_bound`` comes from such a certified pass.
 
 What err_bound bounds: max_i |S_i - sigma_i| / sigma_1 (i = 1..k), the error of the
@@ -26,8 +27,8 @@ updates of RL; on a flat spectrum it stays large, honestly (ops/svd_bound.py).
 Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i
 >= 0. Signs: the entry of largest magnitude of each u_i (the first such) is positive;
 where S_i = 0, u_i is zero and the same rule applies to v_i. Random starts: member b
-draws from a generator seeded by (seed, b), on the CPU in fp64, so results do not depend
-on the device, the batch's other members or the thread count of the torch backend.
+draws from a generator seeded by (seed, b), on the CPU in fp64, so its start does not
+depend on the device or on the batch's other members.
 """
 
 from __future__ import annotations
@@ -136,17 +137,16 @@ def _ritz_step(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, frob2: torch.T
                dtype: torch.dtype) -> _RitzStep:
     """Rayleigh-Ritz on span(x) from Y = dW x, Z = G x (fp64 algebra) and the eigenvalue bounds."""
     x, y, z = x.double(), y.double(), z.double()
-    b, n, p = x.shape
-    chol = torch.linalg.cholesky(x.mT @ x)
-    basis = torch.linalg.solve_triangular(chol, x.mT, upper=False).mT           # x L^-T
-    g_basis = torch.linalg.solve_triangular(chol, z.mT, upper=False).mT
-    left_basis = torch.linalg.solve_triangular(chol, y.mT, upper=False).mT
-    h = basis.mT @ g_basis
-    theta, w = torch.linalg.eigh((h + h.mT) / 2)
-    theta, w = theta.flip(1), w.flip(2)
-    vecs, g_vecs, left = basis @ w, g_basis @ w, left_basis @ w
-    resid = g_vecs - vecs * theta[:, None, :]
+    n, p = x.shape[1:]
     eye = torch.eye(p, dtype=torch.float64, device=x.device)
+    chol = torch.linalg.cholesky(x.mT @ x)
+    c0 = torch.linalg.solve_triangular(chol, eye, upper=False).mT               # x L^-T is orthonormal
+    h = c0.mT @ (x.mT @ z) @ c0
+    theta, w = torch.linalg.eigh((h + h.mT) / 2)
+    coef = c0 @ w.flip(2)
+    theta = theta.flip(1)
+    vecs, g_vecs, left = x @ coef, z @ coef, y @ coef
+    resid = g_vecs - vecs * theta[:, None, :]
     orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye)
     margin, frob2_used = _rounding(frob2, orth_err, y.shape[1], n, p, dtype)
     lo, hi = eigenvalue_bounds(theta, resid.mT @ resid, vecs.mT @ resid, frob2_used, margin, k)
@@ -252,8 +252,9 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend) ->
             at = group.to(device)
             y, z, frob2 = delta_gram_product(after, before, x[at].to(dtype), group, backend)
             out.iters[group] += 1
-            finite = (torch.isfinite(frob2) & torch.isfinite(y).flatten(1).all(1)
-                      & torch.isfinite(z).flatten(1).all(1)).cpu()
+            # a sum in fp64 is non-finite iff some entry is (fp32 entries cannot overflow it)
+            finite = (torch.isfinite(frob2) & torch.isfinite(y.sum((1, 2), dtype=torch.float64))
+                      & torch.isfinite(z.sum((1, 2), dtype=torch.float64))).cpu()
             out.nonfinite[group[~finite]] = True
             running[group[~finite]] = False
             if not bool(finite.any()):
@@ -262,6 +263,7 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend) ->
             group, at = group[finite], at[fin]
             step = _ritz_step(x[at], y[fin], z[fin], frob2[fin], k, dtype)
             bound = relative_error_bound(step.theta[:, :k].clamp_min(0).sqrt(), step.lo, step.hi).cpu()
+            done = torch.zeros_like(bound, dtype=torch.bool)
             if dtype == torch.float64:
                 done = (bound <= tol) | (it == max_iters)
                 out.store(group[done], _take(step, done.to(device)), k)
@@ -270,7 +272,8 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend) ->
                 trigger[group[~done]] /= 4  # a failed certificate asks for a 4x better estimate
             else:
                 certify_next[group] = bound <= trigger[group]
-            x[at] = torch.linalg.qr(step.g_vecs).Q.float()
+            go_on = ~done.to(device)
+            x[at[go_on]] = torch.linalg.qr(step.g_vecs[go_on]).Q.float()
     return out.result()
 
 

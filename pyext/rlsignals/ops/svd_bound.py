@@ -61,18 +61,18 @@ def eigenvalue_bounds(theta: torch.Tensor, rtr: torch.Tensor, vtr: torch.Tensor,
     rounding of G V. Returns (lo, hi), fp64 [b, k].
     """
     p = theta.shape[1]
-    cum = theta.cumsum(1)
-    hi = frob2[:, None].expand(-1, k).clone()
-    lo = None
-    for j in range(k, p + 1):
-        top = torch.linalg.eigvalsh(rtr[:, :j, :j])[:, -1].clamp_min(0)
-        e = (torch.sqrt(top) * (1 + _FP64_SLACK) + margin).clamp_min(0)
-        s = (torch.linalg.matrix_norm(vtr[:, :j, :j]) * (1 + _FP64_SLACK) + margin).clamp_min(0)  # Frobenius >= 2-norm
-        c = (frob2 - cum[:, j - 1] + j * s).clamp_min(0)
-        x = _root_above(theta[:, :k] + s[:, None], c[:, None].expand(-1, k), e[:, None].expand(-1, k))
-        hi = torch.minimum(hi, x * (1 + _FP64_SLACK))
-        if lo is None:
-            lo = (theta[:, :k] - s[:, None]).clamp_min(0)
+    j = torch.arange(k, p + 1, device=theta.device)                       # block sizes, [J]
+    inside = torch.arange(p, device=theta.device)[None, :] < j[:, None]    # [J, p]
+    lead = inside[:, :, None] & inside[:, None, :]                         # leading j x j blocks
+    # 2-norm of R_j: top eigenvalue of its Gram, zero-padded to p x p (same top eigenvalue).
+    top = torch.linalg.eigvalsh(rtr[:, None] * lead).amax(-1).clamp_min(0)            # [b, J]
+    e = (torch.sqrt(top) * (1 + _FP64_SLACK) + margin[:, None]).clamp_min(0)
+    fro = torch.sqrt((vtr.square()[:, None] * lead).sum((-2, -1)))                   # >= ||V_j^T R_j||_2
+    s = (fro * (1 + _FP64_SLACK) + margin[:, None]).clamp_min(0)
+    c = (frob2[:, None] - theta.cumsum(1)[:, j - 1] + j * s).clamp_min(0)
+    x = _root_above(theta[:, None, :k] + s[..., None], c[..., None], e[..., None])   # [b, J, k]
+    hi = torch.minimum(x.amin(1) * (1 + _FP64_SLACK), frob2[:, None])
+    lo = (theta[:, :k] - s[:, :1]).clamp_min(0)
     return lo, hi
 
 

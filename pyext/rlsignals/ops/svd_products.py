@@ -106,7 +106,7 @@ def delta_gram_product(after: torch.Tensor, before: torch.Tensor | None, x: torc
     """Y = dW X, Z = dW^T Y and ||dW||_F^2 for the listed members, in one pass each.
 
     after, before: [B, m, n] float32/float16/bfloat16 with contiguous rows (before may be
-        None: dW = after). x: [b, n, p] float32 or float64, contiguous; row block i of the
+        None: dW = after). x: [b, n, p] float32 or float64; block i of the
         result belongs to matrix members[i]. members: int64 [b] on the CPU.
     Returns Y [b, m, p], Z [b, n, p] in x's dtype and frob2 fp64 [b]. Compiled backends take
     at most MAX_KERNEL_COLS columns per pass; wider blocks run in column groups (frob2 from
@@ -117,6 +117,6 @@ def delta_gram_product(after: torch.Tensor, before: torch.Tensor | None, x: torc
     kernel = _COMPILED[backend][0]
     members = members.to(after.device)
     if x.shape[2] <= MAX_KERNEL_COLS:
-        return kernel(after, before, x, members)
+        return kernel(after, before, x.contiguous(), members)
     parts = [kernel(after, before, cols.contiguous(), members) for cols in x.split(MAX_KERNEL_COLS, dim=2)]
     return torch.cat([q[0] for q in parts], 2), torch.cat([q[1] for q in parts], 2), parts[0][2]
