@@ -37,6 +37,11 @@ import torch
 _SEED_STRIDE = 1_000_003  # mixes (seed, draw index) into one generator seed
 
 
+def draw_generator(seed: int, draw_index: int) -> torch.Generator:
+    """The generator of draw ``draw_index`` of a sampler seeded with ``seed``."""
+    return torch.Generator().manual_seed(seed * _SEED_STRIDE + draw_index)
+
+
 class GainRLSampler:
     """Draws batches of dataset indices centred on a moving rank ``mu``.
 
@@ -103,7 +108,7 @@ class GainRLSampler:
         if draw_index == len(self.draw_mus):
             self.draw_mus.append(self.mu)
         mu = self.draw_mus[draw_index]
-        gen = torch.Generator().manual_seed(self.seed * _SEED_STRIDE + draw_index)
+        gen = draw_generator(self.seed, draw_index)
         ranks = torch.multinomial(self.rank_weights(mu), self.batch_size, replacement=False, generator=gen)
         return self.order[ranks].tolist()
 

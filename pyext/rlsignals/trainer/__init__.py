@@ -1,0 +1,1 @@
+"""A small RL trainer for verifiable rewards over a transformers causal LM."""

@@ -1,0 +1,55 @@
+"""The policy-gradient loss, token level.
+
+For sample n with advantage A_n and completion tokens t (mask m_nt), with
+log pi(y_t) from the trainer (at the sampling temperature), pi_old its value
+before the update (detached; one update per batch makes the ratio 1 with the
+gradient of log pi), and IS weight w_nt (correction.py):
+
+    ratio = exp(log pi - log pi_old)
+    pg_nt = -w_nt * min(ratio A_n, clip(ratio, 1 - eps, 1 + eps) A_n)
+    kl_nt = exp(r) - r - 1,  r = log pi_ref - log pi      (k3; only when kl_coef > 0)
+    loss  = sum_nt m_nt (pg_nt + kl_coef kl_nt) / sum_nt m_nt
+
+(every token counts once across the batch: no per-sequence length normalisation).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                        completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(y_t | prefix) of each completion token, [N, T] (0 at padding)."""
+    device = next(model.parameters()).device
+    ids = torch.cat([prompt_ids, completion_ids], 1).to(device)
+    mask = torch.cat([prompt_mask, completion_mask], 1).to(device)
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+    start = prompt_ids.shape[1]
+    logits = logits[:, start - 1:-1].float() / temperature
+    logp = torch.log_softmax(logits, -1).gather(2, completion_ids.to(device)[..., None])[..., 0]
+    return logp * completion_mask.to(device)
+
+
+def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
+                mask: torch.Tensor, *, clip_eps: float = 0.2, kl_coef: float = 0.0,
+                ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token-level clipped PG loss (see module docstring); returns (loss, metrics)."""
+    mask = mask.to(logp.dtype)
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages[:, None].to(logp.dtype)
+    pg = -weights * torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
+    per_token = pg
+    kl = torch.zeros((), device=logp.device)
+    if kl_coef > 0:
+        if ref_logp is None:
+            raise ValueError("kl_coef > 0 needs the reference log-probs")
+        r = ref_logp - logp
+        kl_tok = torch.exp(r) - r - 1
+        per_token = per_token + kl_coef * kl_tok
+        kl = (kl_tok * mask).sum() / mask.sum().clamp_min(1)
+    loss = (per_token * mask).sum() / mask.sum().clamp_min(1)
+    return loss, {"loss": float(loss.detach()), "kl": float(kl.detach()),
+                  "clip_frac": float((((ratio - 1).abs() > clip_eps).to(logp.dtype) * mask).sum()
+                                     / mask.sum().clamp_min(1))}
