@@ -65,19 +65,23 @@ class RLConfig:
 
 RewardFn = Callable[[str, dict], float]
 StepHook = Callable[["RLTrainer", dict], None]
+RolloutEngine = Callable[..., Any]  # (model, tokenizer, prompts, generations, *, max_new_tokens, temperature) -> Rollouts
 
 
 class RLTrainer:
     """RL on ``rows`` (dataset rows) whose prompts ``render(row)`` turns into token ids,
-    rewarded by ``reward_fn(completion_text, row)``."""
+    rewarded by ``reward_fn(completion_text, row)``. Rollouts come from HF generate, or
+    from ``rollout`` (e.g. a ``VLLMRollout``)."""
 
     def __init__(self, model, tokenizer, rows: Sequence[dict], render: Callable[[dict], list[int]],
                  reward_fn: RewardFn, config: RLConfig, output_dir: str | Path, *,
-                 scores: Sequence[float] | None = None, hooks: Sequence[StepHook] = ()):
+                 scores: Sequence[float] | None = None, hooks: Sequence[StepHook] = (),
+                 rollout: RolloutEngine = hf_rollouts):
         self.model, self.tokenizer, self.rows = model, tokenizer, list(rows)
         self.render, self.reward_fn, self.config = render, reward_fn, config
         self.output_dir = Path(output_dir)
         self.hooks = list(hooks)
+        self.rollout = rollout
         if config.sampler == "gain_rl":
             if scores is None:
                 raise ValueError("sampler='gain_rl' needs one angle score per row (scores=...)")
@@ -111,8 +115,8 @@ class RLTrainer:
         cfg = self.config
         indices = self.sampler.draw()
         self.model.eval()
-        rollouts = hf_rollouts(self.model, self.tokenizer, [self.render(self.rows[i]) for i in indices],
-                               cfg.generations, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+        rollouts = self.rollout(self.model, self.tokenizer, [self.render(self.rows[i]) for i in indices],
+                                cfg.generations, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
         rewards, failures = self._rewards(rollouts.texts, indices)
         advantages = group_advantages(rewards, cfg.advantage).flatten()
         self.model.train()
