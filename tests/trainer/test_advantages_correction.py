@@ -74,3 +74,33 @@ def test_is_weights_match_the_formula(mode, level):
 def test_is_weights_carry_no_gradient():
     trainer = torch.zeros(2, 3, requires_grad=True)
     assert not is_weights(trainer, torch.zeros(2, 3), torch.ones(2, 3)).requires_grad
+
+
+def test_shared_prefix_logprobs_equal_the_full_forward():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scoring"))
+    from tiny_models import make_model
+
+    from rlsignals.trainer.loss import completion_logprobs
+    from rlsignals.trainer.rollout import left_pad
+
+    torch.manual_seed(0)
+    model = make_model("llama", 40)
+    prefix = torch.randint(3, 40, (20,)).tolist()
+    prompts = [prefix + torch.randint(3, 40, (n,)).tolist() for n in (1, 4, 7)]
+    prompt_ids, prompt_mask = left_pad(prompts, 0)
+    completions = torch.randint(3, 40, (3, 5))
+    comp_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]])
+    grads = []
+    outs = []
+    for min_shared in (16, 10_000):  # shared-prefix path, then the plain forward
+        model.zero_grad()
+        logp = completion_logprobs(model, prompt_ids, prompt_mask, completions, comp_mask, temperature=0.7,
+                                   min_shared=min_shared)
+        (logp * torch.arange(1, 6)).sum().backward()
+        outs.append(logp.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5, rtol=1e-4)

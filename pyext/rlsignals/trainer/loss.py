@@ -18,17 +18,53 @@ from __future__ import annotations
 import torch
 
 
+def _shared_len(rows: list[list[int]]) -> int:
+    """Tokens every row starts with, leaving each row at least its last token."""
+    shared = min(len(r) for r in rows) - 1
+    for i in range(max(shared, 0)):
+        if any(r[i] != rows[0][i] for r in rows):
+            return i
+    return max(shared, 0)
+
+
 def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                        completion_mask: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """log pi(y_t | prefix) of each completion token, [N, T] (0 at padding)."""
+                        completion_mask: torch.Tensor, temperature: float = 1.0, min_shared: int = 16) -> torch.Tensor:
+    """log pi(y_t | prefix) of each completion token, [N, T] (0 at padding). Differentiable.
+
+    When the prompts (left-padded in ``prompt_ids``) share a prefix of at least
+    ``min_shared`` tokens (a few-shot prefix, or G samples of one prompt), the
+    prefix runs once, its key/value cache is repeated for the N rows, and only
+    the rest of each prompt and its completion run on top (right-padded). Causal
+    attention makes this the same computation; gradients reach the parameters
+    through the prefix's keys and values too.
+    """
     device = next(model.parameters()).device
-    ids = torch.cat([prompt_ids, completion_ids], 1).to(device)
-    mask = torch.cat([prompt_mask, completion_mask], 1).to(device)
-    positions = (mask.cumsum(1) - 1).clamp_min(0)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-    start = prompt_ids.shape[1]
-    logits = logits[:, start - 1:-1].float() / temperature
-    logp = torch.log_softmax(logits, -1).gather(2, completion_ids.to(device)[..., None])[..., 0]
+    rows = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids, prompt_mask)]
+    shared = _shared_len(rows)
+    if shared >= min_shared:
+        from transformers import DynamicCache
+
+        tails = [r[shared:] + c.tolist() for r, c in zip(rows, completion_ids)]
+        width = max(len(t) for t in tails)
+        ids = torch.zeros(len(tails), width, dtype=torch.long)
+        mask = torch.zeros(len(tails), width, dtype=torch.long)
+        for i, tail in enumerate(tails):
+            ids[i, :len(tail)], mask[i, :len(tail)] = torch.tensor(tail), 1
+        cache = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(rows))
+        attention = torch.cat([torch.ones(len(rows), shared, dtype=torch.long), mask], 1).to(device)
+        logits = model(input_ids=ids.to(device), attention_mask=attention, past_key_values=cache, use_cache=True).logits
+        starts = torch.tensor([len(r) - shared - 1 for r in rows], device=device)  # predicts completion token 0
+    else:
+        ids = torch.cat([prompt_ids, completion_ids], 1).to(device)
+        mask = torch.cat([prompt_mask, completion_mask], 1).to(device)
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
+        starts = torch.full((len(rows),), prompt_ids.shape[1] - 1, device=device)
+    steps = starts[:, None] + torch.arange(completion_ids.shape[1], device=device)[None, :]
+    picked = logits.gather(1, steps[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
+    logp = torch.log_softmax(picked, -1).gather(2, completion_ids.to(device)[..., None])[..., 0]
     return logp * completion_mask.to(device)
 
 
