@@ -71,8 +71,8 @@ def test_doctor_reports_backends():
     assert "torch    yes" in result.stdout
 
 
-def test_demo_showcase_writes_its_numbers_and_plot(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "rlsignals", "demo", "--out", str(tmp_path)],
+def test_showcase_writes_its_numbers_and_plot(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rlsignals", "showcase", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "showcase.json").read_text())

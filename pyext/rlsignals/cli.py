@@ -1,4 +1,5 @@
-"""Command line: ``rlsignals doctor | build | demo | score | rank1 | rank1-model | extrapolate | diff-report``."""
+"""Command line: ``rlsignals doctor | build | demo | showcase | score | rank1 | rank1-model | extrapolate |
+diff-report``."""
 
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ def _build(_: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from rlsignals.demo.run import DemoConfig, run_demo
+
+    run_demo(args.out, DemoConfig.quick() if args.quick else DemoConfig())
+    return 0
+
+
+def _showcase(args: argparse.Namespace) -> int:
     from rlsignals.showcase import run_showcase
 
     run_showcase(args.out)
@@ -203,9 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="which backends are live, and why the others are not").set_defaults(func=_doctor)
     sub.add_parser("build", help="compile the C++ (and CUDA) kernels now").set_defaults(func=_build)
-    demo = sub.add_parser("demo", help="the main job: for now a short showcase of the ops")
-    demo.add_argument("--out", default="rlsignals-demo", help="folder for the plots and JSON (default: %(default)s)")
+    demo = sub.add_parser("demo", help="the main job: RL on the embedded model with GAIN-RL vs uniform sampling, "
+                                       "rank-1 tracking, extrapolation, update geometry, SFT comparison")
+    demo.add_argument("--out", default="rlsignals-demo", help="folder for the table, plots and checkpoints "
+                                                             "(default: %(default)s)")
+    demo.add_argument("--quick", action="store_true", help="a reduced size that finishes in a minute or two")
     demo.set_defaults(func=_demo)
+    showcase = sub.add_parser("showcase", help="a short showcase of the angle ops on synthetic hidden states")
+    showcase.add_argument("--out", default="rlsignals-showcase", help="folder for the plot and JSON")
+    showcase.set_defaults(func=_showcase)
     _add_score_parser(sub)
     _add_checkpoint_parsers(sub)
     args = parser.parse_args(argv)

@@ -1,6 +1,5 @@
-"""A short showcase of the ops, run by ``make demo`` until the end-to-end demo
-(RL on the embedded model) exists. It uses synthetic hidden states, says so,
-and measures everything it prints on this machine.
+"""``rlsignals showcase``: a short showcase of the angle ops. It uses synthetic
+hidden states, says so, and measures everything it prints on this machine.
 
 1. A pack of prompts sharing a few-shot prefix: angle signal per prompt
    (intra, inter, score = intra + inter) and the order a GAIN-RL sampler would use.
@@ -78,8 +77,8 @@ def _heatmap(cosine: torch.Tensor, path: Path, title: str) -> bool:
 def run_showcase(out_dir: str | Path) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    print("rlsignals showcase of the ops on synthetic hidden states.\n"
-          "(The end-to-end RL demo on the embedded model is not built yet; this is what `make demo` runs until then.)\n")
+    print("rlsignals showcase of the angle ops on synthetic hidden states "
+          "(`rlsignals demo` runs the end-to-end RL demo).\n")
 
     hidden, cu, prefix = synthetic_pack()
     stats = rlsignals.angle_stats(hidden, cu, prefix)

@@ -79,8 +79,9 @@ class DeltaSVD(NamedTuple):
 
 class _RitzStep(NamedTuple):
     theta: torch.Tensor    # fp64 [b, p] descending
-    vecs: torch.Tensor     # fp64 [b, n, p] Ritz vectors
-    left: torch.Tensor     # fp64 [b, m, p] dW @ vecs
+    vecs: torch.Tensor     # fp64 [b, n, p] Ritz vectors, = X coef
+    coef: torch.Tensor     # fp64 [b, p, p]
+    y: torch.Tensor        # [b, m, p] dW X as computed (dW @ vecs = y coef)
     g_vecs: torch.Tensor   # fp64 [b, n, p] G @ vecs (as computed)
     lo: torch.Tensor       # fp64 [b, k] lower bounds on sigma_i^2
     hi: torch.Tensor       # fp64 [b, k] upper bounds on sigma_i^2
@@ -113,7 +114,7 @@ def start_basis(n: int, p: int, seed: int, members: range, init: torch.Tensor | 
     return q.to(device, torch.float32)
 
 
-def _rounding(frob2: torch.Tensor, orth_err: torch.Tensor, m: int, n: int, p: int,
+def _rounding(frob2: torch.Tensor, orth_err: torch.Tensor | None, m: int, n: int, p: int,
               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(margin, frob2 to use) for eigenvalue_bounds after a pass in ``dtype``.
 
@@ -121,7 +122,7 @@ def _rounding(frob2: torch.Tensor, orth_err: torch.Tensor, m: int, n: int, p: in
     sum of n resp. m products in any order, so |error| <= (gamma_n + gamma_m + 3u)
     |dW|^T |dW| |V| entrywise, whose 2-norm is <= (...) ||dW||_F^2 sqrt(p); the fp64
     small-matrix work (Cholesky, solves, Ritz step) and V's measured departure from
-    orthonormality (orth_err) add the rest, with generous constants. frob2 is rounded
+    orthonormality (orth_err, fp64 passes only) add the rest, with generous constants. frob2 is rounded
     up by its own bound (squares summed over rows of n, rows in fp64).
     fp32 (estimating): the typical (square-root) rounding of the pass is taken OFF the
     residuals and frob2 is rounded down, predicting what the certifying pass will find.
@@ -136,7 +137,7 @@ def _rounding(frob2: torch.Tensor, orth_err: torch.Tensor, m: int, n: int, p: in
 def _ritz_step(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, frob2: torch.Tensor, k: int,
                dtype: torch.dtype) -> _RitzStep:
     """Rayleigh-Ritz on span(x) from Y = dW x, Z = G x (fp64 algebra) and the eigenvalue bounds."""
-    x, y, z = x.double(), y.double(), z.double()
+    x, z = x.double(), z.double()
     n, p = x.shape[1:]
     eye = torch.eye(p, dtype=torch.float64, device=x.device)
     chol = torch.linalg.cholesky(x.mT @ x)
@@ -145,12 +146,12 @@ def _ritz_step(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, frob2: torch.T
     theta, w = torch.linalg.eigh((h + h.mT) / 2)
     coef = c0 @ w.flip(2)
     theta = theta.flip(1)
-    vecs, g_vecs, left = x @ coef, z @ coef, y @ coef
+    vecs, g_vecs = x @ coef, z @ coef
     resid = g_vecs - vecs * theta[:, None, :]
-    orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye)
+    orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye) if dtype == torch.float64 else None
     margin, frob2_used = _rounding(frob2, orth_err, y.shape[1], n, p, dtype)
     lo, hi = eigenvalue_bounds(theta, resid.mT @ resid, vecs.mT @ resid, frob2_used, margin, k)
-    return _RitzStep(theta, vecs, left, g_vecs, lo, hi, frob2)
+    return _RitzStep(theta, vecs, coef, y, g_vecs, lo, hi, frob2)
 
 
 def _fix_signs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,7 +167,7 @@ def _fix_signs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 def _finish(step: _RitzStep, k: int) -> tuple[torch.Tensor, ...]:
     """Final S, U, V, frob, err_bound, basis (fp32) of certified members."""
     s = step.theta[:, :k].clamp_min(0).sqrt().float()
-    left = step.left[:, :, :k]
+    left = step.y.double() @ step.coef[:, :, :k]
     norms = torch.linalg.vector_norm(left, dim=1, keepdim=True)
     u = torch.where(norms > 0, left / torch.where(norms > 0, norms, 1), 0)
     u, v = _fix_signs(u, step.vecs[:, :, :k])

@@ -67,6 +67,7 @@ def _triton_product(after, before, x, members):
 
 
 def _cpp_product(after, before, x, members):
+    load_extension()
     return torch.ops.rlsignals.delta_gram_product(after, before, x, members)
 
 

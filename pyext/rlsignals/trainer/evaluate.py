@@ -6,7 +6,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from rlsignals.trainer.rollout import completion_mask, left_pad
+from rlsignals.trainer.rollout import completion_mask, prompt_batch
+from rlsignals.trainer.shared_prefix import prefix_cache
 
 
 @torch.no_grad()
@@ -20,10 +21,11 @@ def greedy_correct(model, tokenizer, rows: Sequence[dict], render: Callable[[dic
     scores: list[float] = []
     for start in range(0, len(rows), batch_size):
         batch = rows[start:start + batch_size]
-        ids, mask = left_pad([render(row) for row in batch], pad_id)
+        ids, mask, prefix = prompt_batch([render(row) for row in batch], pad_id)
+        cache = prefix_cache(model, prefix, len(batch)) if prefix else None
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                             eos_token_id=tokenizer.eos_token_id)
+                             eos_token_id=tokenizer.eos_token_id, past_key_values=cache)
         completions = out[:, ids.shape[1]:].cpu()
         keep = completion_mask(completions, tokenizer.eos_token_id).bool()
         texts = tokenizer.batch_decode([c[k] for c, k in zip(completions, keep)], skip_special_tokens=True)

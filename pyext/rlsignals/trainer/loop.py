@@ -49,7 +49,7 @@ class RLConfig:
     generations: int = 8
     max_new_tokens: int = 12
     temperature: float = 1.0
-    lr: float = 5e-4
+    lr: float = 1e-5
     max_grad_norm: float = 1.0
     advantage: str = "grpo"          # grpo | dr_grpo | rloo
     clip_eps: float = 0.2

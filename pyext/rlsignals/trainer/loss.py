@@ -17,14 +17,7 @@ from __future__ import annotations
 
 import torch
 
-
-def _shared_len(rows: list[list[int]]) -> int:
-    """Tokens every row starts with, leaving each row at least its last token."""
-    shared = min(len(r) for r in rows) - 1
-    for i in range(max(shared, 0)):
-        if any(r[i] != rows[0][i] for r in rows):
-            return i
-    return max(shared, 0)
+from rlsignals.trainer.shared_prefix import pad_right, shared_prefix_len, shared_prefix_logits
 
 
 def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
@@ -40,21 +33,10 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     """
     device = next(model.parameters()).device
     rows = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids, prompt_mask)]
-    shared = _shared_len(rows)
+    shared = shared_prefix_len(rows)
     if shared >= min_shared:
-        from transformers import DynamicCache
-
-        tails = [r[shared:] + c.tolist() for r, c in zip(rows, completion_ids)]
-        width = max(len(t) for t in tails)
-        ids = torch.zeros(len(tails), width, dtype=torch.long)
-        mask = torch.zeros(len(tails), width, dtype=torch.long)
-        for i, tail in enumerate(tails):
-            ids[i, :len(tail)], mask[i, :len(tail)] = torch.tensor(tail), 1
-        cache = DynamicCache(config=model.config)
-        model(input_ids=torch.tensor([rows[0][:shared]], device=device), past_key_values=cache, use_cache=True)
-        cache.batch_repeat_interleave(len(rows))
-        attention = torch.cat([torch.ones(len(rows), shared, dtype=torch.long), mask], 1).to(device)
-        logits = model(input_ids=ids.to(device), attention_mask=attention, past_key_values=cache, use_cache=True).logits
+        ids, mask = pad_right([r[shared:] + c.tolist() for r, c in zip(rows, completion_ids)], 0)
+        logits = shared_prefix_logits(model, rows[0][:shared], ids.to(device), mask.to(device))
         starts = torch.tensor([len(r) - shared - 1 for r in rows], device=device)  # predicts completion token 0
     else:
         ids = torch.cat([prompt_ids, completion_ids], 1).to(device)
