@@ -55,7 +55,12 @@ class DemoConfig:
     fit_until: float = 0.4        # extrapolate from the checkpoints up to this fraction of the run
     sft_steps: int = 20
     sft_batch: int = 16
-    sigma_fraction: float = 0.15  # GAIN-RL window, as a fraction of the data
+    # GAIN-RL's released settings, as fractions of its ~7.5k-prompt dataset (sigma 1000,
+    # n 500, adj_max 1000 ranks), scaled to this pool: at 384 prompts the absolute values
+    # would throw mu to the last rank within a few steps
+    sigma_fraction: float = 0.13
+    step_fraction: float = 0.067  # n
+    max_step_fraction: float = 0.13  # adj_max
     seed: int = 0
 
     @classmethod
@@ -201,7 +206,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
         if arm == "uniform":
             evaluator.probe.append((0, greedy_correct(model, tokenizer, probe, render, _verify,
                                                       max_new_tokens=task.MAX_NEW_TOKENS)))
-        options = {"sigma_fraction": cfg.sigma_fraction} if arm == "gain_rl" else {}
+        options = {"sigma_fraction": cfg.sigma_fraction, "n": cfg.step_fraction * len(train),
+                   "adj_max": cfg.max_step_fraction * len(train)} if arm == "gain_rl" else {}
         rl = RLConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, generations=cfg.generations,
                       max_new_tokens=task.MAX_NEW_TOKENS, lr=cfg.lr, sampler=arm, sampler_options=options,
                       save_every=cfg.eval_every, seed=cfg.seed)
