@@ -16,7 +16,6 @@ replaced (config, tokenizer and other small files copied), atomically.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections import defaultdict
@@ -26,6 +25,8 @@ from typing import Iterable, Mapping
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from rlsignals.atomic import atomic_folder
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -151,10 +152,7 @@ def write_checkpoint(base: Checkpoint, out: str | Path, replaced: Mapping[str, t
     unknown = set(replaced) - set(base.files)
     if unknown:
         raise CheckpointError(f"{base.path}: cannot replace tensors it does not hold: {sorted(unknown)[:5]}")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
         for item in base.path.iterdir():
             if item.is_file() and not item.name.endswith(".safetensors"):
                 shutil.copy2(item, tmp / item.name)
@@ -173,9 +171,4 @@ def write_checkpoint(base: Checkpoint, out: str | Path, replaced: Mapping[str, t
             save_file(tensors, str(tmp / file.name), metadata={"format": "pt"})
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

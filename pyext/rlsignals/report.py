@@ -17,13 +17,13 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from rlsignals.atomic import atomic_folder
 
 from rlsignals.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, check_compatible, layer_index,
                                    module_kind, select_matrices)
@@ -129,17 +129,8 @@ def diff_report(before: str | Path, after: str | Path, out: str | Path, *, k: in
               "overall_unchanged_frac": sum(r["unchanged_frac"] * sizes[n] for n, r in modules.items())
               / sum(sizes.values()),
               "by_kind": _kind_means(modules), "modules": modules}
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(out) as tmp:
         figures = _plots(modules, tmp)
         (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "index.html").write_text(_html(report, figures))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report

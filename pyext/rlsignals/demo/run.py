@@ -300,8 +300,8 @@ def format_table(r: dict) -> str:
 
     cfg = r["config"]
     lines = [f"\nrlsignals demo: {cfg['steps']} RL steps x {cfg['prompts_per_step']} prompts x {cfg['generations']} "
-             f"samples, held-out greedy accuracy ({r['seconds']:.0f} s in all; scoring {len(r['angle_vs_learning']['scores'])}"
-             f"+ prompts took {r['score_seconds']:.1f} s)", "",
+             f"samples, held-out greedy accuracy ({r['seconds']:.0f} s in all; scoring {cfg['train_prompts']}"
+             f" prompts took {r['score_seconds']:.1f} s)", "",
              f"{'':44}{'GAIN-RL':>13}{'uniform':>13}"]
     curves = {arm: dict(r["arms"][arm]["curve"]) for arm in ("gain_rl", "uniform")}
     for step in sorted(curves["uniform"]):

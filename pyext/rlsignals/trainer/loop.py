@@ -16,9 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import random
-import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,6 +24,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from rlsignals.atomic import atomic_folder
 from rlsignals.sampler import GainRLSampler
 from rlsignals.trainer.advantages import group_advantages
 from rlsignals.trainer.correction import is_weights
@@ -195,15 +194,12 @@ class RLTrainer:
     def save_checkpoint(self) -> Path:
         """checkpoint-<step>/: HF model + tokenizer, optimizer, RNG, trainer_state.json; atomic."""
         final = self.output_dir / f"checkpoint-{self.step}"
-        tmp = self.output_dir / f".checkpoint-{self.step}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-        (tmp / STATE_FILE).write_text(json.dumps(self.state(), indent=1) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        with atomic_folder(final) as tmp:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+            (tmp / STATE_FILE).write_text(json.dumps(self.state(), indent=1) + "\n")
         return final
 
     def load_checkpoint(self, path: str | Path) -> None:
