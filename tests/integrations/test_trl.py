@@ -61,7 +61,7 @@ def make_trainer(output_dir, seen, rloo=False, **overrides):
     config = dict(output_dir=str(output_dir), per_device_train_batch_size=4, gradient_accumulation_steps=2,
                   num_generations=2, max_completion_length=4, max_steps=4, save_steps=2, logging_steps=1,
                   learning_rate=1e-3, seed=3, report_to="none", use_cpu=True, bf16=False,
-                  activation_checkpointing=False, disable_tqdm=True)
+                  disable_tqdm=True)
     config.update(overrides)
     trainer_cls, config_cls = (RLOOTrainer, RLOOConfig) if rloo else (GRPOTrainer, GRPOConfig)
     if rloo:
