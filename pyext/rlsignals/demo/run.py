@@ -238,11 +238,11 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
             extrapolated[name] = f"not fitted: {exc}"
             continue
         model, _ = load_default_model()
-        model.load_state_dict(_state(Checkpoint(path)), strict=False)
+        model.load_state_dict(_state(Checkpoint(path)))
         extrapolated[name] = _accuracy(model, tokenizer, render, held_out)
     rank1 = rank1_model(base, traj, out / "rank1-model")
     r1_model, _ = load_default_model()
-    r1_model.load_state_dict(_state(Checkpoint(rank1)), strict=False)
+    r1_model.load_state_dict(_state(Checkpoint(rank1)))
     rank1_acc = _accuracy(r1_model, tokenizer, render, held_out)
     report = diff_report(base, checkpoints[-1], out / "report", k=16, max_iters=32, progress=False)
 
