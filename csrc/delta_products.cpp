@@ -18,10 +18,7 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-#include <immintrin.h>
-#define RLSIGNALS_AVX512 1
-#endif
+#include "widen.h"
 
 namespace rlsignals::cpu {
 namespace {
@@ -88,15 +85,7 @@ struct Lanes {
 // ---- reading the inputs -----------------------------------------------------
 inline float to_float(float v) { return v; }
 inline float to_float(uint16_t bits, ElemType type) {
-  if (type == ElemType::kBFloat16) {
-    const uint32_t wide = static_cast<uint32_t>(bits) << 16;
-    float out;
-    std::memcpy(&out, &wide, sizeof(out));
-    return out;
-  }
-  _Float16 half;
-  std::memcpy(&half, &bits, sizeof(half));
-  return static_cast<float>(half);
+  return type == ElemType::kBFloat16 ? bf16_to_float(bits) : fp16_to_float(bits);
 }
 
 // out[j] = a[j] - b[j] in Acc (b null: a[j]); returns sum_j out[j]^2 summed in Acc.
@@ -120,10 +109,7 @@ Acc delta_row(const In* a, const In* b, ElemType type, int64_t n, Acc* out, cons
     } else {
       const __m256i raw = m == 0xffff ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
                                       : _mm256_maskz_loadu_epi16(m, p);
-      if (type == ElemType::kBFloat16) {
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-      }
-      return _mm512_cvtph_ps(raw);
+      return type == ElemType::kBFloat16 ? widen_bf16(raw) : widen_fp16(raw);
     }
   };
   auto tail_mask = [n](int64_t j) {

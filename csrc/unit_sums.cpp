@@ -8,40 +8,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-#include <immintrin.h>
-#define RLSIGNALS_AVX512 1
-#endif
+#include "widen.h"
 
 namespace rlsignals::cpu {
 namespace {
-
-inline float bf16_to_float(uint16_t v) {
-  uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
-}
-
-inline float fp16_to_float(uint16_t v) {
-  const uint32_t sign = static_cast<uint32_t>(v & 0x8000u) << 16;
-  const uint32_t exponent = (v >> 10) & 0x1fu;
-  const uint32_t mantissa = v & 0x3ffu;
-  uint32_t bits;
-  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
-    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
-    return sign ? -magnitude : magnitude;
-  } else if (exponent == 31) {  // inf or NaN
-    bits = sign | 0x7f800000u | (mantissa << 13);
-  } else {
-    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
-  }
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
-}
 
 // Element readers: scalar conversion, and (with AVX-512) 16 lanes at a time.
 struct F32 {
@@ -57,11 +28,8 @@ struct BF16 {
   using T = uint16_t;
   static float scalar(const T* p) { return bf16_to_float(*p); }
 #ifdef RLSIGNALS_AVX512
-  static __m512 widen(__m256i v) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
-  }
-  static __m512 load(const T* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  static __m512 load_tail(const T* p, __mmask16 m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
+  static __m512 load(const T* p) { return widen_bf16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static __m512 load_tail(const T* p, __mmask16 m) { return widen_bf16(_mm256_maskz_loadu_epi16(m, p)); }
 #endif
 };
 
@@ -69,8 +37,8 @@ struct F16 {
   using T = uint16_t;
   static float scalar(const T* p) { return fp16_to_float(*p); }
 #ifdef RLSIGNALS_AVX512
-  static __m512 load(const T* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
-  static __m512 load_tail(const T* p, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p)); }
+  static __m512 load(const T* p) { return widen_fp16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static __m512 load_tail(const T* p, __mmask16 m) { return widen_fp16(_mm256_maskz_loadu_epi16(m, p)); }
 #endif
 };
 
