@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	cd bench && ../$(PY) angle_stats.py
+	cd bench && for script in angle_stats delta_svd score_dataset checkpoint_rank1; do ../$(PY) $$script.py || exit 1; done
 
 doctor: $(STAMP)
 	$(PY) -m rlsignals doctor
