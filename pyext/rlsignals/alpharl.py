@@ -93,6 +93,32 @@ def fit_pls(features: torch.Tensor | np.ndarray, acc: torch.Tensor | np.ndarray)
                   loading=model.x_loadings_[:, 0].copy())
 
 
+UPDATES = ("released", "replace")
+
+
+def aligned_features(sigma, u: torch.Tensor, v: torch.Tensor) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """sigma [C], u [C, m], v [C, n] in checkpoint order -> (features x_t = sigma_t u_t
+    [C, m] after backward sign alignment, the aligned v [C, n], the flips [C])."""
+    u, v, flips = align_signs(u, v)
+    features = (torch.as_tensor(sigma, dtype=torch.float32)[:, None] * u.float()).numpy()
+    return features, v, flips
+
+
+def alpharl_update(sigma, u: torch.Tensor, v: torch.Tensor, accuracy, target_accuracy: float,
+                   update: str = "released") -> tuple[torch.Tensor, PLSFit, torch.Tensor]:
+    """One module's AlphaRL step: (predicted update [m, n] fp32, the PLS fit, sign flips [C]).
+
+    The update is x* v_T^T (``update="released"``) or (x* - x_T) v_T^T (``"replace"``:
+    the rank-1 part of the latest update swapped for the prediction)."""
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    features, v, flips = aligned_features(sigma, u, v)
+    fit = fit_pls(features, accuracy)
+    x_star = fit.invert(target_accuracy)
+    increment = x_star if update == "released" else x_star - features[-1]
+    return torch.outer(torch.as_tensor(increment, dtype=torch.float32), v[-1].float()), fit, flips
+
+
 def linear_in_step(features: torch.Tensor | np.ndarray, steps, target_step: float) -> tuple[np.ndarray, float]:
     """Least-squares line x_t = a + b * step per coordinate, evaluated at ``target_step``.
     Returns (x*, in-sample R^2 of the line over all coordinates)."""

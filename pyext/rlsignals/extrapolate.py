@@ -19,7 +19,6 @@ leave-one-out.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from pathlib import Path
@@ -28,23 +27,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from rlsignals.alpharl import align_signs, fit_pls, linear_in_step
+from rlsignals.alpharl import UPDATES, aligned_features, alpharl_update, linear_in_step
 from rlsignals.checkpoints import Checkpoint, write_checkpoint
+from rlsignals.tables import read_table
 from rlsignals.trajectory import Trajectory
 
 METHODS = ("alpharl", "linear_step", "two_point")
 
 
 def read_accuracy(path: str | Path, step_field: str = "step", acc_field: str = "accuracy") -> dict[int, float]:
-    """step -> accuracy from a .jsonl or .csv file."""
-    path = Path(path)
-    if path.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    elif path.suffix.lower() == ".csv":
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        raise ValueError(f"{path}: accuracy file must be .jsonl or .csv")
+    """step -> accuracy from a table file (.jsonl, .csv, .json or .parquet)."""
+    rows = read_table(path, "accuracy")
     out = {}
     for i, row in enumerate(rows):
         if step_field not in row or acc_field not in row:
@@ -80,8 +73,8 @@ def extrapolate(base: str | Path, traj: Trajectory, out: str | Path, *, method: 
     """Write the extrapolated checkpoint to ``out``; see the module docstring."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if update not in ("released", "replace"):
-        raise ValueError(f"update must be 'released' or 'replace', got {update!r}")
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
     if method == "alpharl" and (accuracy is None or target_accuracy is None):
         raise ValueError("alpharl needs the accuracy per step and target_accuracy")
     if method == "linear_step" and target_step is None:
@@ -111,20 +104,17 @@ def extrapolate(base: str | Path, traj: Trajectory, out: str | Path, *, method: 
             report["modules"][module] = {"factor": a}
             continue
         u, v = traj.vectors(module)
-        u, v, flips = align_signs(u[chosen], v[chosen])
-        sigma = traj.scalar("sigma", module)[chosen].float()
-        features = (sigma[:, None] * u).numpy()
-        info: dict[str, Any] = {"sign_flips": int(flips.sum())}
+        sigma = traj.scalar("sigma", module)[chosen]
         if method == "alpharl":
-            fit = fit_pls(features, np.array([accuracy[traj.steps[i]] for i in chosen]))
-            x_star = fit.invert(target_accuracy)
-            info |= {"r2": fit.r2, "r2_loo": fit.r2_loo, "slope": fit.slope}
-            increment = x_star if update == "released" else x_star - features[-1]
+            delta, fit, flips = alpharl_update(sigma, u[chosen], v[chosen],
+                                               [accuracy[traj.steps[i]] for i in chosen], target_accuracy, update)
+            info: dict[str, Any] = {"r2": fit.r2, "r2_loo": fit.r2_loo, "slope": fit.slope}
         else:
+            features, v_aligned, flips = aligned_features(sigma, u[chosen], v[chosen])
             x_star, r2 = linear_in_step(features, [traj.steps[i] for i in chosen], target_step)
-            info |= {"r2": r2}
-            increment = x_star - features[-1]
-        delta = torch.outer(torch.as_tensor(increment, dtype=torch.float32), v[-1])
+            delta = torch.outer(torch.as_tensor(x_star - features[-1], dtype=torch.float32), v_aligned[-1])
+            info = {"r2": r2}
+        info["sign_flips"] = int(flips.sum())
         info["update_norm"] = float(delta.norm())
         replaced[module] = w_latest + delta
         report["modules"][module] = info

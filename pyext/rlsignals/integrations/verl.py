@@ -50,8 +50,6 @@ Gaussian window (mu cannot react to accuracy there).
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from pathlib import Path
 from typing import Any, Iterator
@@ -60,6 +58,7 @@ import numpy as np
 import torch
 
 from rlsignals.sampler import GainRLSampler
+from rlsignals.tables import read_table
 
 try:  # verl's base class when verl is installed: verl checks isinstance(sampler, AbstractSampler)
     from verl.experimental.dataset.sampler import AbstractCurriculumSampler as _SamplerBase
@@ -78,28 +77,12 @@ def _option(config: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def _table_rows(path: Path) -> list:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if suffix == ".json":
-        return json.loads(path.read_text())
-    if suffix == ".csv":
-        with path.open(newline="") as f:
-            return list(csv.DictReader(f))
-    raise ValueError(f"{path}: unsupported scores file type {suffix!r}; use .parquet, .jsonl, .json or .csv")
-
-
 def load_scores(path: str | Path, num_rows: int | None = None, column: str = "score") -> list[float]:
     """One score per dataset row from a score table (rows with ``index`` and
     ``column``, as ``rlsignals score`` writes them, in any order), a table
     without ``index`` (rows in dataset order), or a JSON list of numbers."""
     path = Path(path)
-    rows = _table_rows(path)
+    rows = read_table(path, "scores")
     if not isinstance(rows, list) or not rows:
         raise ValueError(f"{path}: expected a non-empty list of rows or numbers")
     if all(isinstance(row, (int, float)) for row in rows):

@@ -18,42 +18,19 @@ happen to open every prompt. Both lengths can also be given explicitly.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
+from rlsignals.tables import read_table
+
 PROBES = ("x", "Quantum 12345 ?!")
-SUPPORTED_DATA = (".jsonl", ".json", ".csv", ".parquet")
 
 
 def load_rows(path: str | Path, prompt_field: str = "prompt") -> list[dict[str, Any]]:
     """Rows of a .jsonl/.json/.csv/.parquet file; each must hold a non-empty string prompt."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        rows = []
-        with path.open() as f:
-            for line_no, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ValueError(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from None
-    elif suffix == ".json":
-        rows = json.loads(path.read_text())
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of objects")
-    elif suffix == ".csv":
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
-    else:
-        raise ValueError(f"{path}: unsupported data file type {suffix!r}; use one of {SUPPORTED_DATA}")
+    rows = read_table(path, "data")
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or prompt_field not in row:
             raise ValueError(f"{path}: row {i} has no {prompt_field!r} field "
@@ -68,8 +45,7 @@ def load_few_shot(path: str | Path) -> list[dict[str, str]]:
     """Few-shot turns from .json/.jsonl: chat messages ({"role", "content"}) or
     question/answer pairs ({"prompt"|"question", "answer"|"response"|"completion"})."""
     path = Path(path)
-    text = path.read_text()
-    items = json.loads(text) if path.suffix.lower() == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+    items = read_table(path, "few-shot")
     messages: list[dict[str, str]] = []
     for i, item in enumerate(items):
         if "role" in item and "content" in item:

@@ -34,7 +34,7 @@ from rlsignals.distributed import barrier, rank_and_world
 from rlsignals.ops.angle import angle_stats_spans
 from rlsignals.scoring.capture import StopForward, capture_input, resolve_module
 from rlsignals.scoring.prompts import PromptTemplate, TemplateBounds, load_few_shot, load_rows
-from rlsignals.scoring.tables import check_table_path, read_jsonl_tolerant, write_table
+from rlsignals.tables import check_table_path, read_jsonl_tolerant, write_table
 
 
 @dataclasses.dataclass

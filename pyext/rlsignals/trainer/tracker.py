@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlsignals.alpharl import align_signs, fit_pls
+from rlsignals.alpharl import UPDATES, alpharl_update
 from rlsignals.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from rlsignals.ops.svd import delta_svd
 
@@ -99,19 +99,16 @@ class Rank1Tracker:
     @torch.no_grad()
     def jump(self, target_accuracy: float, update: str = "released") -> dict[str, Any]:
         """Move the tracked weights to the AlphaRL prediction at ``target_accuracy``."""
-        if update not in ("released", "replace"):
-            raise ValueError(f"update must be 'released' or 'replace', got {update!r}")
+        if update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
         if len(self.steps) < 2:
             raise ValueError(f"a jump needs at least 2 tracked steps, have {len(self.steps)}")
         report: dict[str, Any] = {"step": self.steps[-1], "target_accuracy": target_accuracy, "update": update,
                                   "r2": {}}
         for n, p in self.params.items():
-            u, v, _ = align_signs(torch.stack(self.u[n]), torch.stack(self.v[n]))
-            features = (torch.tensor(self.sigma[n])[:, None] * u).numpy()
-            fit = fit_pls(features, self.accuracy)
-            x_star = torch.as_tensor(fit.invert(target_accuracy), dtype=torch.float32)
-            increment = x_star if update == "released" else x_star - torch.as_tensor(features[-1])
-            p.add_(torch.outer(increment, v[-1]).to(p.device, p.dtype))
+            delta, fit, _ = alpharl_update(self.sigma[n], torch.stack(self.u[n]), torch.stack(self.v[n]),
+                                           self.accuracy, target_accuracy, update)
+            p.add_(delta.to(p.device, p.dtype))
             report["r2"][n] = fit.r2
         self.jumps.append(report)
         return report

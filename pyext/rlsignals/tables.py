@@ -18,6 +18,36 @@ def check_table_path(path: str | Path) -> Path:
     return path
 
 
+def read_table(path: str | Path, kind: str = "table") -> list[Any]:
+    """The rows of a .jsonl, .json, .csv or .parquet file (a .json file may hold any
+    JSON list). ``kind`` names the file in errors ("data", "scores", ...)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with path.open() as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise ValueError(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from None
+        return rows
+    if suffix == ".json":
+        rows = json.loads(path.read_text())
+        if not isinstance(rows, list):
+            raise ValueError(f"{path}: expected a JSON list")
+        return rows
+    if suffix == ".csv":
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise ValueError(f"{path}: unsupported {kind} file type {suffix!r}; use one of {TABLE_TYPES}")
+
+
 def write_table(rows: list[dict[str, Any]], path: str | Path) -> Path:
     """Write rows to a temporary file beside ``path`` and rename it when whole."""
     path = check_table_path(path)
