@@ -1,12 +1,16 @@
 """torch.distributed helpers for work split across ranks (torchrun).
 
 Under torchrun (WORLD_SIZE > 1) the default process group is started on first
-use: NCCL when CUDA is present, else gloo. Without torchrun everything runs as
+use: NCCL when CUDA is present, else gloo. A group started here is also shut
+down here, at interpreter exit, after a final barrier: a gloo group left alive
+at exit can abort the process ("terminate called without an active
+exception") once its work is already done. Without torchrun everything runs as
 rank 0 of 1.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -19,9 +23,18 @@ def rank_and_world() -> tuple[int, int]:
         return 0, 1
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(_shut_down_group)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _shut_down_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier(world: int) -> None:
