@@ -1,8 +1,8 @@
 // CPU kernel for delta_gram_product (see delta_products.h for the math).
 //
-// The rows are cut into fixed slabs (their number set by m, never by the
-// thread count); threads take slabs dynamically, and each slab adds into its
-// own Z partial, so threads never wait for each other until the end, when the
+// The rows are cut into fixed slabs (their number set by the sizes, never by
+// the thread count); threads take slabs dynamically, and each slab adds into
+// its own Z partial, so threads never wait for each other until the end, when the
 // partials are added in slab order. Within a slab, groups of up to 16 rows:
 //   - convert: D[i] = after[i] - before[i] in Acc into a small buffer, squares
 //     summed on the way, the rows of the next group asked into L2 meanwhile;
@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "widen.h"
@@ -224,17 +225,26 @@ void add_dt_y(const Acc* d, int64_t ld, int64_t j0, int64_t j1, const Acc* y, Ac
 }
 
 // ---- the pass -----------------------------------------------------------------
+// Slabs: one per kSlabRows rows, at most kMaxSlabs, and few enough that the Z partials
+// (slabs * n * P accumulators) stay within a quarter of the bytes read. Set by the
+// sizes only, so the order of every sum is the same on any number of threads.
+int64_t slab_count(int64_t m, int64_t P, int64_t in_bytes, int64_t acc_bytes) {
+  const int64_t by_rows = (m + kSlabRows - 1) / kSlabRows;
+  const int64_t by_memory = m * in_bytes / (4 * P * acc_bytes);
+  return std::clamp<int64_t>(std::min(by_rows, by_memory), 1, kMaxSlabs);
+}
+
 template <typename In, typename Acc, int NV>
 double product_pass(const In* a, const In* b, ElemType type, int64_t m, int64_t n, int64_t sa, int64_t sb,
                     const Acc* x, int64_t p, Acc* y, Acc* z) {
   constexpr int P = NV * Lanes<Acc>::W;
   constexpr int kRowsPhase1 = kChains<NV>;
   constexpr int kGroup = 16 / NV;  // rows per group: Y rows of a group stay in registers in phase 2
-  const int64_t slabs = std::clamp<int64_t>((m + kSlabRows - 1) / kSlabRows, 1, kMaxSlabs);
+  const int64_t slabs = slab_count(m, P, (b ? 2 : 1) * static_cast<int64_t>(sizeof(In)), sizeof(Acc));
   const int64_t slab_rows = (m + slabs - 1) / slabs;
   const int64_t ld = (n + 15) / 16 * 16 + 16;
-  std::vector<Acc> xp(n * P, Acc(0)), partial(slabs * n * P, Acc(0));
-  std::vector<Acc> rowsq(m);
+  std::vector<Acc> xp(n * P, Acc(0)), rowsq(m);
+  std::unique_ptr<Acc[]> partial(new Acc[slabs * n * P]);  // each slab's thread zeroes its own
   for (int64_t j = 0; j < n; ++j) std::copy(x + j * p, x + j * p + p, xp.begin() + j * P);
 
 #pragma omp parallel
@@ -242,7 +252,8 @@ double product_pass(const In* a, const In* b, ElemType type, int64_t m, int64_t 
     std::vector<Acc> block(kGroup * ld), yb(kGroup * P);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t s = 0; s < slabs; ++s) {
-      Acc* zs = partial.data() + s * n * P;
+      Acc* zs = partial.get() + s * n * P;
+      std::fill(zs, zs + n * P, Acc(0));
       const int64_t end = std::min(m, (s + 1) * slab_rows);
       for (int64_t r0 = s * slab_rows; r0 < end; r0 += kGroup) {
         const int64_t rows = std::min<int64_t>(kGroup, end - r0);
@@ -270,7 +281,7 @@ double product_pass(const In* a, const In* b, ElemType type, int64_t m, int64_t 
       for (int v = 0; v < NV; ++v) sum[v] = Lanes<Acc>::zero();
       for (int64_t s = 0; s < slabs; ++s)
         for (int v = 0; v < NV; ++v)
-          sum[v] = Lanes<Acc>::add(sum[v], Lanes<Acc>::load(partial.data() + (s * n + j) * P + v * Lanes<Acc>::W));
+          sum[v] = Lanes<Acc>::add(sum[v], Lanes<Acc>::load(partial.get() + (s * n + j) * P + v * Lanes<Acc>::W));
       Acc row[P];
       for (int v = 0; v < NV; ++v) Lanes<Acc>::store(row + v * Lanes<Acc>::W, sum[v]);
       std::copy(row, row + p, z + j * p);

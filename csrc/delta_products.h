@@ -13,7 +13,7 @@
 // never all of dW. Every entry of Y is a sum over j = 0..n-1 in order; every
 // entry of Z a sum over rows, in order within fixed slabs of rows and the slab
 // sums in order; the squares of a row are summed in Acc and the rows in double
-// in order. The slabs depend on m only: results do not depend on the thread
+// in order. The slabs depend on the sizes only: results do not depend on the thread
 // count.
 #pragma once
 #include <cstdint>

@@ -4,6 +4,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <optional>
+
 #include "../elem_type.h"
 
 namespace rlsignals {
@@ -23,6 +25,28 @@ inline void check_unit_sums_args(const at::Tensor& hidden, const at::Tensor& off
   TORCH_CHECK(hidden.stride(1) == 1 || hidden.size(1) <= 1, "unit_sums: hidden rows must be contiguous");
   TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 && offsets.scalar_type() == at::kLong,
               "unit_sums: offsets must be a 1-D int64 tensor with R + 1 entries");
+}
+
+// after [B, m, n] and before (same) with contiguous rows, x contiguous [b, n, p]
+// (1 <= p <= 32) in float32 or float64, members int64 [b]; one device.
+inline void check_product_args(const at::Tensor& after, const std::optional<at::Tensor>& before,
+                               const at::Tensor& x, const at::Tensor& members) {
+  TORCH_CHECK(after.dim() == 3 && after.stride(2) == 1,
+              "delta_gram_product: after must be [B, m, n] with contiguous rows, got ", after.sizes());
+  if (before) {
+    TORCH_CHECK(before->sizes() == after.sizes() && before->scalar_type() == after.scalar_type() &&
+                    before->stride(2) == 1,
+                "delta_gram_product: before must match after's shape and dtype, with contiguous rows");
+  }
+  TORCH_CHECK(x.dim() == 3 && x.size(1) == after.size(2) && x.is_contiguous() && x.size(2) >= 1 && x.size(2) <= 32,
+              "delta_gram_product: x must be contiguous [b, n, p] with n = after.size(2) and 1 <= p <= 32, got ",
+              x.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+              "delta_gram_product: x must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK(members.dim() == 1 && members.size(0) == x.size(0) && members.scalar_type() == at::kLong,
+              "delta_gram_product: members must be int64 [b], one per block of x");
+  TORCH_CHECK(x.device() == after.device() && (!before || before->device() == after.device()),
+              "delta_gram_product: after, before and x must be on one device");
 }
 
 }  // namespace rlsignals

@@ -24,7 +24,7 @@ import torch
 
 EXTENSION_NAME = "rlsignals_C"
 CPU_SOURCES = ("unit_sums.cpp", "bindings/ops.cpp", "delta_products.cpp", "bindings/svd_ops.cpp")
-CUDA_SOURCES = ("cuda/unit_sums.cu", "bindings/cuda_ops.cpp")
+CUDA_SOURCES = ("cuda/unit_sums.cu", "cuda/delta_products.cu", "bindings/cuda_ops.cpp")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,8 +27,8 @@ updates of RL; on a flat spectrum it stays large, honestly (ops/svd_bound.py).
 Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i
 >= 0. Signs: the entry of largest magnitude of each u_i (the first such) is positive;
 where S_i = 0, u_i is zero and the same rule applies to v_i. Random starts: member b
-draws from a generator seeded by (seed, b), on the CPU in fp64, so its start does not
-depend on the device or on the batch's other members.
+draws from numpy's PCG64 seeded by SeedSequence([seed, b]), in fp64 on the CPU, so its
+start does not depend on the device or on the batch's other members.
 """
 
 from __future__ import annotations
@@ -79,25 +79,30 @@ class DeltaSVD(NamedTuple):
 
 class _RitzStep(NamedTuple):
     theta: torch.Tensor    # fp64 [b, p] descending
-    vecs: torch.Tensor     # fp64 [b, n, p] Ritz vectors, = X coef
+    vecs: torch.Tensor     # [b, n, p] Ritz vectors, = X coef (the pass's dtype)
     coef: torch.Tensor     # fp64 [b, p, p]
     y: torch.Tensor        # [b, m, p] dW X as computed (dW @ vecs = y coef)
-    g_vecs: torch.Tensor   # fp64 [b, n, p] G @ vecs (as computed)
+    g_vecs: torch.Tensor   # [b, n, p] G @ vecs (as computed, the pass's dtype)
     lo: torch.Tensor       # fp64 [b, k] lower bounds on sigma_i^2
     hi: torch.Tensor       # fp64 [b, k] upper bounds on sigma_i^2
     frob2: torch.Tensor    # fp64 [b]
 
 
 def default_block_size(k: int, n: int, oversample: int | None) -> int:
-    """p = k + oversample, capped at n; by default a multiple of 16 with >= 8 extra columns."""
+    """p = k + oversample, capped at n; by default a multiple of 16 with >= 8 extra columns.
+
+    The certificate (ops/svd_bound.py) is tight only once the top p Ritz values hold all
+    but less than sigma_1^2 of ||dW||_F^2, so noisy deltas need a wide block: at 8
+    columns, deltas whose noise holds most of ||dW||_F^2 no longer certify. 16 columns
+    cost the same per pass as fewer on the CPU kernel (one 16-lane register per row of X).
+    """
     p = 16 * math.ceil((k + 8) / 16) if oversample is None else k + oversample
     return min(p, n)
 
 
-def member_generator(seed: int, member: int) -> torch.Generator:
-    """CPU generator for batch member ``member``, independent across (seed, member)."""
-    state = np.random.SeedSequence([seed, member]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+def member_generator(seed: int, member: int) -> np.random.Generator:
+    """Generator for batch member ``member``, independent across (seed, member)."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, member])))
 
 
 def start_basis(n: int, p: int, seed: int, members: range, init: torch.Tensor | None,
@@ -105,7 +110,7 @@ def start_basis(n: int, p: int, seed: int, members: range, init: torch.Tensor | 
     """fp32 [B, n, p]: orthonormal basis of [init columns | seeded Gaussian columns]."""
     blocks = []
     for b in members:
-        block = torch.randn(n, p, generator=member_generator(seed, b), dtype=torch.float64)
+        block = torch.from_numpy(member_generator(seed, b).standard_normal((n, p)))
         if init is not None:
             cols = min(p, init.shape[2])
             block[:, :cols] = init[b, :, :cols].to("cpu", torch.float64)
@@ -136,21 +141,27 @@ def _rounding(frob2: torch.Tensor, orth_err: torch.Tensor | None, m: int, n: int
 
 def _ritz_step(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, frob2: torch.Tensor, k: int,
                dtype: torch.dtype) -> _RitzStep:
-    """Rayleigh-Ritz on span(x) from Y = dW x, Z = G x (fp64 algebra) and the eigenvalue bounds."""
-    x, z = x.double(), z.double()
+    """Rayleigh-Ritz on span(x) from Y = dW x, Z = G x, and the eigenvalue bounds.
+
+    The [n, p] products run in the pass's dtype (fp64 when certifying; fp32 when
+    estimating, whose rounding sits far below the floor ``_rounding`` takes off), the
+    p x p algebra in fp64.
+    """
+    x, z = x.to(dtype), z.to(dtype)
     n, p = x.shape[1:]
     eye = torch.eye(p, dtype=torch.float64, device=x.device)
-    chol = torch.linalg.cholesky(x.mT @ x)
+    chol = torch.linalg.cholesky((x.mT @ x).double())
     c0 = torch.linalg.solve_triangular(chol, eye, upper=False).mT               # x L^-T is orthonormal
-    h = c0.mT @ (x.mT @ z) @ c0
+    h = c0.mT @ (x.mT @ z).double() @ c0
     theta, w = torch.linalg.eigh((h + h.mT) / 2)
     coef = c0 @ w.flip(2)
     theta = theta.flip(1)
-    vecs, g_vecs = x @ coef, z @ coef
-    resid = g_vecs - vecs * theta[:, None, :]
+    vecs, g_vecs = x @ coef.to(dtype), z @ coef.to(dtype)
+    resid = g_vecs - vecs * theta[:, None, :].to(dtype)
     orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye) if dtype == torch.float64 else None
     margin, frob2_used = _rounding(frob2, orth_err, y.shape[1], n, p, dtype)
-    lo, hi = eigenvalue_bounds(theta, resid.mT @ resid, vecs.mT @ resid, frob2_used, margin, k)
+    lo, hi = eigenvalue_bounds(theta, (resid.mT @ resid).double(), (vecs.mT @ resid).double(), frob2_used,
+                               margin, k)
     return _RitzStep(theta, vecs, coef, y, g_vecs, lo, hi, frob2)
 
 
@@ -189,7 +200,8 @@ def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 
     k: number of triplets, 1 <= k <= min(m, n).
     tol: stop a member once err_bound (see DeltaSVD) is <= tol.
     max_iters: passes per member at most (default 64); the last one certifies.
-    oversample: extra columns of the iterated block (default: block of 16 for k <= 8).
+    oversample: extra columns of the iterated block (default: a block of 16 for k <= 8;
+        see default_block_size).
     seed: seeds member b's random start with (seed, b).
     init: [B, n, c] (or [n, c]) warm start, best the ``basis`` of a previous checkpoint's
         result (or its V); the first min(c, p) columns start the block, random columns
