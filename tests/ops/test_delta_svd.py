@@ -185,6 +185,59 @@ def test_warm_start_cuts_iterations():
     assert_close(from_v.S, warm.S, rtol=2 * TOL, atol=0)
 
 
+def record_pass_widths(monkeypatch) -> list[tuple[torch.dtype, int]]:
+    """(dtype, columns) of every fused pass delta_svd runs from now on."""
+    import rlsignals.ops.svd as svd_module
+
+    widths = []
+    product = svd_module.delta_gram_product
+
+    def recording(after, before, x, members, backend):
+        widths.append((x.dtype, x.shape[2]))
+        return product(after, before, x, members, backend)
+
+    monkeypatch.setattr(svd_module, "delta_gram_product", recording)
+    return widths
+
+
+def test_certificate_runs_narrow_when_the_leading_columns_suffice(monkeypatch):
+    """A clear rank-1 delta certifies from the first NARROW_CERTIFICATE columns (a cheaper
+    fp64 pass); a delta whose noise needs the whole block certifies with all 16."""
+    from rlsignals.ops.svd import NARROW_CERTIFICATE
+
+    widths = record_pass_widths(monkeypatch)
+    easy = planted_delta(80, 96, gap_spectrum(0.5, length=20, decay=0.7), noise=0.01, seed=4)
+    after, before = weight_pair(easy, torch.float32)
+    out = solve(after, before)
+    assert out.err_bound <= TOL and widths[-1] == (torch.float64, NARROW_CERTIFICATE), widths
+    assert all(w == (torch.float32, 16) for w in widths[:-1]), widths
+    assert_honest(out, after, before, 1)
+    assert out.basis.shape == (96, 16)
+    widths.clear()
+    noisy = planted_delta(96, 80, [1.0, 0.99], noise=0.3, seed=8)
+    after, before = weight_pair(noisy, torch.float32)
+    out = solve(after, before)
+    assert out.err_bound <= TOL and widths[-1] == (torch.float64, 16), widths
+    assert_honest(out, after, before, 1)
+
+
+def test_failed_narrow_certificate_goes_on_and_the_last_pass_is_full(monkeypatch):
+    """Force a narrow certificate at every estimate: on a noisy delta each one fails, the
+    iteration goes on with the whole block, and the last pass certifies all 16 columns."""
+    import rlsignals.ops.svd as svd_module
+
+    monkeypatch.setattr(svd_module, "_narrow_estimate", lambda step, *args: torch.zeros(len(step.theta)))
+    widths = record_pass_widths(monkeypatch)
+    noisy = planted_delta(96, 80, [1.0, 0.99], noise=0.3, seed=8)
+    after, before = weight_pair(noisy, torch.float32)
+    out = solve(after, before, max_iters=9)
+    assert widths[1::2] == [(torch.float64, 8)] * 4 and widths[-1] == (torch.float64, 16), widths
+    assert out.iters == 9
+    assert_honest(out, after, before, 1)
+    reference = solve(after, before)
+    assert_close(out.S, reference.S, rtol=10 * TOL, atol=0)
+
+
 def test_deterministic_per_seed():
     delta = planted_delta(50, 70, gap_spectrum(0.9, length=30, decay=0.85), noise=0.1, seed=6)
     after, before = weight_pair(delta, torch.bfloat16)

@@ -8,7 +8,7 @@ converged leaves the batch):
         Y, Z = dW X, dW^T (dW X)                  fused product (ops/svd_products.py)
         C0 = L^-T with L L^T = X^T X (fp64)       X C0: orthonormal basis of span(X)
         Rayleigh-Ritz: eig(C0^T X^T Z C0) = W Theta W^T; Ritz vectors X C0 W,
-            their images G X C0 W = Z C0 W and dW X C0 W = Y C0 W (all fp64, p x p work)
+            their images G X C0 W = Z C0 W and dW X C0 W = Y C0 W (p x p work in fp64)
         bound theta_1..k from the residual R = Z C0 W - X C0 W Theta (ops/svd_bound.py)
         X <- orthonormal basis of Z C0 W          (one step of block subspace iteration)
 
@@ -16,7 +16,9 @@ Iterations run in fp32. When the fp32 bound says a member is within ``tol`` (or 
 last iteration), its next pass runs with fp64 accumulation and certifies: the bound
 computed from that pass holds for the exact dW, with every rounding of the pass
 counted (``_rounding``). The member stops when the certified bound is within ``tol``.
-Each returned ``err_bound`` comes from such a certified pass.
+Each returned ``err_bound`` comes from such a certified pass. When the estimate says the
+first NARROW_CERTIFICATE columns of the block certify by themselves, the certifying
+pass runs on those columns only (the bound of ops/svd_bound.py holds for any block).
 
 What err_bound bounds: max_i |S_i - sigma_i| / sigma_1 (i = 1..k), the error of the
 returned fp32 S relative to the top singular value, the accuracy a dense SVD gives too.
@@ -27,7 +29,7 @@ updates of RL; on a flat spectrum it stays large, honestly (ops/svd_bound.py).
 Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i
 >= 0. Signs: the entry of largest magnitude of each u_i (the first such) is positive;
 where S_i = 0, u_i is zero and the same rule applies to v_i. Random starts: member b
-draws from numpy's PCG64 seeded by SeedSequence([seed, b]), in fp64 on the CPU, so its
+draws from numpy's PCG64 seeded by SeedSequence([seed, b]) (fp32, on the CPU), so its
 start does not depend on the device or on the batch's other members.
 """
 
@@ -45,6 +47,10 @@ from rlsignals.ops.svd_products import delta_gram_product, product_backend
 from rlsignals.ops.svd_validation import check_delta_svd_args
 
 DEFAULT_MAX_ITERS = 64
+# Columns of a narrow certifying pass: when the fp32 estimate says the first 8 Ritz
+# vectors alone certify, the fp64 pass (the dearest: fp64 lanes are half as wide) runs
+# on those 8 columns only, at half the cost of a full block of 16.
+NARROW_CERTIFICATE = 8
 _U32 = 2.0 ** -24
 _U64 = 2.0 ** -53
 
@@ -61,10 +67,11 @@ class DeltaSVD(NamedTuple):
     nonfinite: bool [B], True where the delta has a NaN/inf entry or overflows fp32 in the
         products; that member's S, U, V, frob, err_bound and basis are NaN and the others
         are unaffected.
-    basis: fp32 [B, n, p], the final iterated block (Ritz vectors, V its first k columns).
-        Pass it as ``init`` for the next checkpoint of the same module: the certificate
-        needs the whole block converged, so a full-block warm start saves far more
-        passes than V alone.
+    basis: fp32 [B, n, p], the final iterated block: the certified Ritz vectors (V its
+        first k columns), then, after a narrow certificate (NARROW_CERTIFICATE), the
+        other columns of the block it came from. Pass it as ``init`` for the next
+        checkpoint of the same module: the certificate needs the whole block converged,
+        so a full-block warm start saves far more passes than V alone.
     """
 
     S: torch.Tensor
@@ -86,6 +93,8 @@ class _RitzStep(NamedTuple):
     lo: torch.Tensor       # fp64 [b, k] lower bounds on sigma_i^2
     hi: torch.Tensor       # fp64 [b, k] upper bounds on sigma_i^2
     frob2: torch.Tensor    # fp64 [b]
+    rtr: torch.Tensor      # fp64 [b, p, p] R^T R, R = g_vecs - vecs diag(theta)
+    vtr: torch.Tensor      # fp64 [b, p, p] vecs^T R
 
 
 def default_block_size(k: int, n: int, oversample: int | None) -> int:
@@ -108,15 +117,12 @@ def member_generator(seed: int, member: int) -> np.random.Generator:
 def start_basis(n: int, p: int, seed: int, members: range, init: torch.Tensor | None,
                 device: torch.device) -> torch.Tensor:
     """fp32 [B, n, p]: orthonormal basis of [init columns | seeded Gaussian columns]."""
-    blocks = []
-    for b in members:
-        block = torch.from_numpy(member_generator(seed, b).standard_normal((n, p)))
-        if init is not None:
-            cols = min(p, init.shape[2])
-            block[:, :cols] = init[b, :, :cols].to("cpu", torch.float64)
-        blocks.append(block)
-    q = torch.linalg.qr(torch.stack(blocks)).Q
-    return q.to(device, torch.float32)
+    blocks = torch.from_numpy(np.stack([member_generator(seed, b).standard_normal((n, p), dtype=np.float32)
+                                        for b in members]))
+    if init is not None:
+        cols = min(p, init.shape[2])
+        blocks[:, :, :cols] = init[:, :, :cols].to("cpu", torch.float32)
+    return torch.linalg.qr(blocks).Q.to(device)
 
 
 def _rounding(frob2: torch.Tensor, orth_err: torch.Tensor | None, m: int, n: int, p: int,
@@ -160,9 +166,19 @@ def _ritz_step(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, frob2: torch.T
     resid = g_vecs - vecs * theta[:, None, :].to(dtype)
     orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye) if dtype == torch.float64 else None
     margin, frob2_used = _rounding(frob2, orth_err, y.shape[1], n, p, dtype)
-    lo, hi = eigenvalue_bounds(theta, (resid.mT @ resid).double(), (vecs.mT @ resid).double(), frob2_used,
-                               margin, k)
-    return _RitzStep(theta, vecs, coef, y, g_vecs, lo, hi, frob2)
+    rtr, vtr = (resid.mT @ resid).double(), (vecs.mT @ resid).double()
+    lo, hi = eigenvalue_bounds(theta, rtr, vtr, frob2_used, margin, k)
+    return _RitzStep(theta, vecs, coef, y, g_vecs, lo, hi, frob2, rtr, vtr)
+
+
+def _narrow_estimate(step: _RitzStep, m: int, width: int, k: int) -> torch.Tensor:
+    """The fp32 estimate of the bound a certificate on the first ``width`` Ritz vectors
+    alone would give (the same step's numbers, the block cut to width columns)."""
+    n = step.vecs.shape[1]
+    margin, frob2_used = _rounding(step.frob2, None, m, n, width, torch.float32)
+    lo, hi = eigenvalue_bounds(step.theta[:, :width], step.rtr[:, :width, :width], step.vtr[:, :width, :width],
+                               frob2_used, margin, k)
+    return relative_error_bound(step.theta[:, :k].clamp_min(0).sqrt(), lo, hi)
 
 
 def _fix_signs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,9 +249,12 @@ class _Outputs:
         self.nonfinite = torch.zeros(num, dtype=torch.bool)
         self.basis = torch.full((num, n, p), nan, device=device)
 
-    def store(self, members: torch.Tensor, step: _RitzStep, k: int) -> None:
+    def store(self, members: torch.Tensor, step: _RitzStep, k: int, rest: torch.Tensor) -> None:
+        """Results of certified members; ``rest``: the columns of their blocks past the
+        certified width (none for a full-width certificate), kept in ``basis``."""
         at = members.to(self.S.device)
-        self.S[at], self.U[at], self.V[at], self.frob[at], self.err_bound[at], self.basis[at] = _finish(step, k)
+        self.S[at], self.U[at], self.V[at], self.frob[at], self.err_bound[at], basis = _finish(step, k)
+        self.basis[at] = torch.cat([basis, rest], 2)
 
     def result(self) -> DeltaSVD:
         device = self.S.device
@@ -251,19 +270,26 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend) ->
     if num == 0:
         return out.result()
     x = start_basis(n, p, seed, range(num), init, device)       # fp32 [num, n, p]
+    narrow = min(p, NARROW_CERTIFICATE) if k < NARROW_CERTIFICATE < p else p
     running = torch.ones(num, dtype=torch.bool)
     certify_next = torch.zeros(num, dtype=torch.bool)
+    width = torch.full((num,), p)  # columns of the next certifying pass
     trigger = torch.full((num,), float(tol), dtype=torch.float64)  # fp32 estimate that calls for a certifying pass
     for it in range(1, max_iters + 1):
         active = torch.nonzero(running).flatten()
         if active.numel() == 0:
             break
         certifying = certify_next[active] | (it == max_iters)
-        for dtype, group in ((torch.float32, active[~certifying]), (torch.float64, active[certifying])):
+        if it == max_iters:
+            width[active] = p  # the last pass certifies with the whole block
+        passes = [(torch.float32, p, active[~certifying])]
+        passes += [(torch.float64, w, active[certifying & (width[active] == w)]) for w in sorted({narrow, p})]
+        for dtype, cols, group in passes:
             if group.numel() == 0:
                 continue
             at = group.to(device)
-            y, z, frob2 = delta_gram_product(after, before, x[at].to(dtype), group, backend)
+            block = x[at, :, :cols]
+            y, z, frob2 = delta_gram_product(after, before, block.to(dtype), group, backend)
             out.iters[group] += 1
             # a sum in fp64 is non-finite iff some entry is (fp32 entries cannot overflow it)
             finite = (torch.isfinite(frob2) & torch.isfinite(y.sum((1, 2), dtype=torch.float64))
@@ -273,20 +299,27 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend) ->
             if not bool(finite.any()):
                 continue
             fin = finite.to(device)
-            group, at = group[finite], at[fin]
-            step = _ritz_step(x[at], y[fin], z[fin], frob2[fin], k, dtype)
+            group, at, block = group[finite], at[fin], block[fin]
+            step = _ritz_step(block, y[fin], z[fin], frob2[fin], k, dtype)
             bound = relative_error_bound(step.theta[:, :k].clamp_min(0).sqrt(), step.lo, step.hi).cpu()
             done = torch.zeros_like(bound, dtype=torch.bool)
             if dtype == torch.float64:
                 done = (bound <= tol) | (it == max_iters)
-                out.store(group[done], _take(step, done.to(device)), k)
+                keep = done.to(device)
+                out.store(group[done], _take(step, keep), k, x[at[keep], :, cols:])
                 running[group[done]] = False
                 certify_next[group] = False
                 trigger[group[~done]] /= 4  # a failed certificate asks for a 4x better estimate
             else:
-                certify_next[group] = bound <= trigger[group]
+                ready = bound <= trigger[group]
+                if narrow < p:
+                    ready_narrow = _narrow_estimate(step, m, narrow, k).cpu() <= trigger[group]
+                    width[group] = torch.where(ready_narrow, narrow, p)
+                    ready |= ready_narrow
+                certify_next[group] = ready
             go_on = ~done.to(device)
-            x[at[go_on]] = torch.linalg.qr(step.g_vecs[go_on]).Q.float()
+            block = torch.cat([step.g_vecs[go_on].float(), x[at[go_on], :, cols:]], 2)
+            x[at[go_on]] = torch.linalg.qr(block).Q
     return out.result()
 
 
