@@ -2,10 +2,10 @@
 
 Under torchrun (WORLD_SIZE > 1) the default process group is started on first
 use: NCCL when CUDA is present, else gloo. A group started here is also shut
-down here, at interpreter exit, after a final barrier: a gloo group left alive
-at exit can abort the process ("terminate called without an active
-exception") once its work is already done. Without torchrun everything runs as
-rank 0 of 1.
+down here, at interpreter exit: a gloo group left alive at exit can abort the
+process ("terminate called without an active exception") once its work is
+already done. No barrier there: a rank that exits on an error must not wait for
+ranks that will never reach it. Without torchrun everything runs as rank 0 of 1.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ def _shut_down_group() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 
