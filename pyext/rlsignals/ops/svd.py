@@ -318,8 +318,8 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend) ->
                     ready |= ready_narrow
                 certify_next[group] = ready
             go_on = ~done.to(device)
-            block = torch.cat([step.g_vecs[go_on].float(), x[at[go_on], :, cols:]], 2)
-            x[at[go_on]] = torch.linalg.qr(block).Q
+            iterated = torch.cat([step.g_vecs[go_on].float(), x[at[go_on], :, cols:]], 2)
+            x[at[go_on]] = torch.linalg.qr(iterated).Q
     return out.result()
 
 
