@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from common import peak_memory_bytes, pin_glibc_mmap_threshold, print_table, write_results
 
-from rlsignals.rank1 import track_rank1
+from rlsignals.rank1.track import track_rank1
 
 SHAPES = {"self_attn.q_proj": (4096, 4096), "self_attn.k_proj": (4096, 4096), "self_attn.v_proj": (4096, 4096),
           "self_attn.o_proj": (4096, 4096), "mlp.gate_proj": (11008, 4096), "mlp.up_proj": (11008, 4096),
@@ -58,7 +58,7 @@ def write_checkpoints(root: Path, layers: int, count: int) -> tuple[Path, list[P
 
 
 def full_svd_seconds(base: Path, ckpt: Path) -> tuple[float, tuple[int, int]]:
-    from rlsignals.checkpoints import Checkpoint
+    from rlsignals.io.checkpoints import Checkpoint
 
     name = "model.layers.0.self_attn.q_proj.weight"
     delta = Checkpoint(ckpt).get(name).float() - Checkpoint(base).get(name).float()

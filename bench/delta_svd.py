@@ -40,7 +40,7 @@ import torch
 from common import print_table, time_call, write_results
 
 import rlsignals
-from rlsignals.ops.svd_products import delta_gram_product, product_available
+from rlsignals.ops.delta_products import delta_gram_product, product_available
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008), (1024, 4096)]
 QUICK_SHAPES = [(1024, 1024), (2048, 512)]

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from common import peak_memory_bytes, pin_glibc_mmap_threshold, print_table, write_results
 
-from rlsignals.scoring.capture import StopForward, capture_input, resolve_module
-from rlsignals.scoring.score import EncodedPrompt, ScoreConfig, plan_batches, score_batch
+from rlsignals.signals.capture import StopForward, capture_input, resolve_module
+from rlsignals.signals.scoring import EncodedPrompt, ScoreConfig, plan_batches, score_batch
 
 PRESETS = {
     "cpu": dict(arch="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,

@@ -1,4 +1,4 @@
-"""Test-session setup and shared helpers.
+"""Test-session setup and shared fixtures (helper functions live in tests/helpers).
 
 Without a GPU, Triton kernels run in Triton's CPU interpreter; the variable
 must be set before triton is first imported, so it is set here.
@@ -14,11 +14,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from rlsignals.backends import BACKENDS, available_backends  # noqa: E402
-
-
-def backend_device(backend: str) -> torch.device:
-    return torch.device("cuda" if backend == "cuda" else "cpu")
+from rlsignals.ops.backends import BACKENDS, available_backends  # noqa: E402
 
 
 @pytest.fixture(params=BACKENDS)

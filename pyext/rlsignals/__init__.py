@@ -2,7 +2,7 @@
 (angles between hidden states at prefill, rank-1 structure of weight updates)
 to make RL post-training cheaper."""
 
-from rlsignals.backends import available_backends
+from rlsignals.ops.backends import available_backends
 from rlsignals.ops import AngleStats, BlockCosine, DeltaSVD, angle_stats, block_cosine, delta_svd
 
 __version__ = "0.1.0"

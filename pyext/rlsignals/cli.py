@@ -13,8 +13,8 @@ def _doctor(_: argparse.Namespace) -> int:
     import torch
 
     from rlsignals import __version__
-    from rlsignals._extension import build_dir
-    from rlsignals.backends import available_backends, triton_interpreter
+    from rlsignals.ops.extension import build_dir
+    from rlsignals.ops.backends import available_backends, triton_interpreter
 
     try:
         import triton
@@ -36,7 +36,7 @@ def _doctor(_: argparse.Namespace) -> int:
 
 
 def _build(_: argparse.Namespace) -> int:
-    from rlsignals._extension import load_extension
+    from rlsignals.ops.extension import load_extension
 
     status = load_extension()
     print(f"C++ kernels: {status.cpu_reason}\nCUDA kernels: {status.cuda_reason}")
@@ -51,7 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _showcase(args: argparse.Namespace) -> int:
-    from rlsignals.showcase import run_showcase
+    from rlsignals.demo.showcase import run_showcase
 
     run_showcase(args.out)
     return 0
@@ -60,7 +60,7 @@ def _showcase(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from rlsignals.scoring import ScoreConfig, score_dataset
+    from rlsignals.signals import ScoreConfig, score_dataset
 
     system_prompt = Path(args.system_prompt_file).read_text() if args.system_prompt_file else args.system_prompt
     config = ScoreConfig(module=args.module, inter_weight=args.inter_weight, intra_weight=args.intra_weight,
@@ -109,7 +109,7 @@ def _add_score_parser(sub) -> None:
 
 
 def _rank1(args: argparse.Namespace) -> int:
-    from rlsignals.rank1 import track_rank1
+    from rlsignals.rank1.track import track_rank1
 
     traj = track_rank1(args.base, args.ckpt, args.out, steps=args.steps, include=args.include, exclude=args.exclude,
                        device=args.device, tol=args.tol, max_iters=args.max_iters, backend=args.backend)
@@ -119,8 +119,8 @@ def _rank1(args: argparse.Namespace) -> int:
 
 
 def _rank1_model(args: argparse.Namespace) -> int:
-    from rlsignals.rank1 import rank1_model
-    from rlsignals.trajectory import Trajectory
+    from rlsignals.rank1.track import rank1_model
+    from rlsignals.rank1.trajectory import Trajectory
 
     out = rank1_model(args.base, Trajectory.open(args.traj), args.out, checkpoint=args.checkpoint, alpha=args.alpha,
                       scale=args.scale)
@@ -129,8 +129,8 @@ def _rank1_model(args: argparse.Namespace) -> int:
 
 
 def _extrapolate(args: argparse.Namespace) -> int:
-    from rlsignals.extrapolate import extrapolate, read_accuracy
-    from rlsignals.trajectory import Trajectory
+    from rlsignals.rank1.extrapolate import extrapolate, read_accuracy
+    from rlsignals.rank1.trajectory import Trajectory
 
     accuracy = read_accuracy(args.accuracy, args.step_field, args.acc_field) if args.accuracy else None
     out = extrapolate(args.base, Trajectory.open(args.traj), args.out, method=args.method, accuracy=accuracy,
@@ -142,7 +142,7 @@ def _extrapolate(args: argparse.Namespace) -> int:
 
 
 def _diff_report(args: argparse.Namespace) -> int:
-    from rlsignals.report import diff_report
+    from rlsignals.geometry.report import diff_report
 
     report = diff_report(args.before, args.after, args.out, k=args.k, alpha=args.alpha, include=args.include,
                          exclude=args.exclude, device=args.device, max_iters=args.max_iters, backend=args.backend)
@@ -152,7 +152,7 @@ def _diff_report(args: argparse.Namespace) -> int:
 
 
 def _add_checkpoint_parsers(sub) -> None:
-    from rlsignals.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+    from rlsignals.io.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 
     rank1 = sub.add_parser("rank1", help="rank-1 trajectory of the weight updates over checkpoints (resumable)")
     rank1.add_argument("--base", required=True, help="the checkpoint RL started from (HF folder)")

@@ -22,7 +22,7 @@ from trl.trainer.utils import RepeatSampler  # noqa: E402
 
 from rlsignals.integrations.trl import (ROW_COLUMN, STATE_FILE, GainRLCallback, GainRLRepeatSampler,  # noqa: E402
                                         attach_gain_rl)
-from rlsignals.sampler import GainRLSampler  # noqa: E402
+from rlsignals.signals.samplers import GainRLSampler  # noqa: E402
 
 ROWS = 32
 WORDS = ["<pad>", "<eos>", "<unk>"] + [f"w{i}" for i in range(40)]

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from brute_force import angle_stats_brute
-from conftest import backend_device
+from helpers.brute_force import angle_stats_brute
+from helpers.devices import backend_device
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from packs import EDGE_PACK, make_pack
+from helpers.packs import EDGE_PACK, make_pack
 from torch.testing import assert_close
 
 import rlsignals
@@ -18,7 +18,7 @@ from rlsignals.ops.reference import angle_stats_reference
 
 VARIANTS = [dict(), dict(exclude_diagonal=True), dict(causal=True), dict(causal=True, exclude_diagonal=True)]
 # fp32 compares at 1e-5; half-precision inputs are compared with the brute force
-# on the already rounded inputs, at 1e-4 (DESIGN.md).
+# on the already rounded inputs, at 1e-4 (the tolerance rule of tests/README.md).
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 1e-4, torch.float16: 1e-4}
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from brute_force import block_cosine_brute, cosine_matrix
-from conftest import backend_device
-from packs import EDGE_PACK, make_pack
+from helpers.brute_force import block_cosine_brute, cosine_matrix
+from helpers.devices import backend_device
+from helpers.packs import EDGE_PACK, make_pack
 from torch.testing import assert_close
 
 import rlsignals

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import backend_device
-from planted import gap_spectrum, planted_delta, true_errors, weight_pair
+from helpers.devices import backend_device
+from helpers.planted import gap_spectrum, planted_delta, true_errors, weight_pair
 from torch.testing import assert_close
 
 import rlsignals
-from rlsignals.ops.svd_products import delta_gram_product
+from rlsignals.ops.delta_products import delta_gram_product
 
 # (B, m, n, p): odd sizes, m < n and m > n, a single element, p across register widths,
 # m > 256 (several row slabs in the C++ kernel)

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from planted import exact_delta, gap_spectrum, planted_delta, true_errors, weight_pair
+from helpers.planted import exact_delta, gap_spectrum, planted_delta, true_errors, weight_pair
 from torch.testing import assert_close
 
 import rlsignals

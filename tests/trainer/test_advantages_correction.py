@@ -79,9 +79,7 @@ def test_is_weights_carry_no_gradient():
 def test_shared_prefix_logprobs_equal_the_full_forward():
     import sys
     from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scoring"))
-    from tiny_models import make_model
+    from helpers.tiny_models import make_model
 
     from rlsignals.trainer.loss import completion_logprobs
     from rlsignals.trainer.rollout import left_pad

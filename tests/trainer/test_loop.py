@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_models import CHATML, make_model, make_tokenizer  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scoring"))
-from tiny_models import CHATML, make_model, make_tokenizer  # noqa: E402
-
-from rlsignals.scoring import PromptTemplate  # noqa: E402
+from rlsignals.signals import PromptTemplate  # noqa: E402
 from rlsignals.trainer.loop import NonFiniteLossError, RLConfig, RLTrainer  # noqa: E402
 
 ROWS = [{"prompt": p} for p in ["what is two plus three", "multiply six by three", "the answer is eight",

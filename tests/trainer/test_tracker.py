@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.tiny_models import CHATML, make_model, make_tokenizer  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scoring"))
-from tiny_models import CHATML, make_model, make_tokenizer  # noqa: E402
-
-from rlsignals.checkpoints import Checkpoint  # noqa: E402
+from rlsignals.io.checkpoints import Checkpoint  # noqa: E402
 from rlsignals.trainer.tracker import Rank1Tracker  # noqa: E402
 
 
@@ -45,7 +43,7 @@ def test_tracker_state_survives_a_resume(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_loop import ROWS, seven_reward  # noqa: E402
 
-    from rlsignals.scoring import PromptTemplate
+    from rlsignals.signals import PromptTemplate
     from rlsignals.trainer.loop import RLConfig, RLTrainer
 
     def run(out, steps):

@@ -19,9 +19,9 @@ SCRIPT = r'''
 import json, sys
 sys.path.insert(0, sys.argv[2])
 import torch
-from tiny_models import CHATML, make_tokenizer
+from helpers.tiny_models import CHATML, make_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
-from rlsignals.scoring import PromptTemplate
+from rlsignals.signals import PromptTemplate
 from rlsignals.trainer.loop import RLConfig, RLTrainer
 from rlsignals.trainer.loss import completion_logprobs
 from rlsignals.trainer.vllm_rollout import VLLMRollout
@@ -61,7 +61,7 @@ if __name__ == "__main__":
 def test_rl_steps_with_vllm_rollouts(tmp_path, dtype):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    tests_dir = Path(__file__).resolve().parents[1] / "scoring"
+    tests_dir = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, str(script), str(tmp_path), str(tests_dir), dtype], capture_output=True,
                             text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlsignals.checkpoints import Checkpoint, select_matrices
+from rlsignals.io.checkpoints import Checkpoint, select_matrices
 from rlsignals.demo import task
 from rlsignals.demo.assets import load_default_model
 from rlsignals.demo.sft import sft
-from rlsignals.extrapolate import extrapolate
-from rlsignals.geometry import bf16_changed
-from rlsignals.rank1 import rank1_model, track_rank1
-from rlsignals.report import diff_report
-from rlsignals.scoring import PromptTemplate, ScoreConfig, score_prompts
+from rlsignals.rank1.extrapolate import extrapolate
+from rlsignals.geometry.metrics import bf16_changed
+from rlsignals.rank1.track import rank1_model, track_rank1
+from rlsignals.geometry.report import diff_report
+from rlsignals.signals import PromptTemplate, ScoreConfig, score_prompts
 from rlsignals.trainer.evaluate import greedy_correct
 from rlsignals.trainer.loop import RLConfig, RLTrainer
 

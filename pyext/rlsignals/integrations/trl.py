@@ -10,7 +10,7 @@ What ``attach_gain_rl`` changes, on that trainer instance only:
 
 - ``_get_train_sampler`` returns a :class:`GainRLRepeatSampler`: TRL's
   RepeatSampler layout with the unique prompts of each chunk drawn by
-  :class:`~rlsignals.sampler.GainRLSampler`.
+  :class:`~rlsignals.signals.samplers.GainRLSampler`.
 - ``train_dataset`` gains a column ``rlsignals_row`` (the row's index), which
   reward functions also receive as a keyword argument (TRL passes every column).
 - ``_calculate_rewards`` is wrapped: in training, after TRL has computed and
@@ -84,7 +84,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from rlsignals.sampler import GainRLSampler
+from rlsignals.signals.samplers import GainRLSampler
 
 ROW_COLUMN = "rlsignals_row"
 STATE_FILE = "gain_rl_sampler.json"
@@ -311,7 +311,7 @@ def attach_gain_rl(trainer: Any, scores: Sequence[float] | torch.Tensor | str | 
     ``generation_batch_size // num_generations``). ``accuracy``: ``"sum"`` (the
     weighted sum of all reward functions, default) or the index or name of the
     reward function that measures accuracy. Other keyword arguments go to
-    :class:`~rlsignals.sampler.GainRLSampler` (sigma, sigma_fraction, mu, n,
+    :class:`~rlsignals.signals.samplers.GainRLSampler` (sigma, sigma_fraction, mu, n,
     beta, alpha, acc_scale, adj_min, adj_max, two_way, seed; the seed defaults
     to ``args.seed``). Returns the sampler; its ``history`` holds every update.
     See the module docstring for what is changed and what is guaranteed.

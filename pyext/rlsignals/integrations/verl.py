@@ -20,7 +20,7 @@ Options, all under ``data.sampler`` (add them with ``+data.sampler.NAME=...``):
   the ``acc`` returned by scoring functions there); without it, the
   per-response sum of ``batch.batch["token_level_scores"]`` (the reward);
 - ``seed`` (default ``data.seed``, else 0) and the update rule's options of
-  :class:`~rlsignals.sampler.GainRLSampler`: sigma, sigma_fraction, mu, n,
+  :class:`~rlsignals.signals.samplers.GainRLSampler`: sigma, sigma_fraction, mu, n,
   beta, alpha, acc_scale, adj_min, adj_max, two_way.
 
 The number of prompts per draw is verl's DataLoader batch size,
@@ -57,8 +57,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from rlsignals.sampler import GainRLSampler
-from rlsignals.tables import read_table
+from rlsignals.signals.samplers import GainRLSampler
+from rlsignals.io.tables import read_table
 
 try:  # verl's base class when verl is installed: verl checks isinstance(sampler, AbstractSampler)
     from verl.experimental.dataset.sampler import AbstractCurriculumSampler as _SamplerBase

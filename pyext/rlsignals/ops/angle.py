@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from rlsignals.backends import resolve_backend
+from rlsignals.ops.backends import resolve_backend
 from rlsignals.ops.unit_sums import split_ranges, unit_sums
 from rlsignals.ops.validation import check_block_size, check_cu_seqlens, check_hidden, check_prefix_lens
 

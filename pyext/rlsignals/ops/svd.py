@@ -41,9 +41,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from rlsignals.backends import resolve_backend
+from rlsignals.ops.backends import resolve_backend
 from rlsignals.ops.svd_bound import eigenvalue_bounds, relative_error_bound
-from rlsignals.ops.svd_products import delta_gram_product, product_backend
+from rlsignals.ops.delta_products import delta_gram_product, product_backend
 from rlsignals.ops.svd_validation import check_delta_svd_args
 
 DEFAULT_MAX_ITERS = 64

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from rlsignals._extension import load_extension
+from rlsignals.ops.extension import load_extension
 
 EPS = 1e-12
 

@@ -24,13 +24,12 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rlsignals.atomic import atomic_folder
-from rlsignals.sampler import GainRLSampler
+from rlsignals.io.atomic import atomic_folder
+from rlsignals.signals.samplers import GainRLSampler, UniformSampler
 from rlsignals.trainer.advantages import group_advantages
 from rlsignals.trainer.correction import is_weights
 from rlsignals.trainer.loss import completion_logprobs, policy_loss
 from rlsignals.trainer.rollout import hf_rollouts
-from rlsignals.trainer.sampling import UniformSampler
 
 STATE_FILE = "trainer_state.json"
 

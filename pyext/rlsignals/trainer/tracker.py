@@ -8,7 +8,7 @@ tracked step, in batches of same-shaped matrices. The accuracy recorded with
 it is the mean training reward since the previous tracked step.
 
 ``jump(target_accuracy)`` fits, per module, AlphaRL's 1-component PLS between
-the aligned features sigma_t u_t and those accuracies (``rlsignals.alpharl``),
+the aligned features sigma_t u_t and those accuracies (``rlsignals.rank1.alpharl``),
 inverts it at the target and adds x* v_T^T to the current weights (the
 released rule; ``update="replace"`` swaps the rank-1 part instead).
 
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlsignals.alpharl import UPDATES, alpharl_update
-from rlsignals.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+from rlsignals.rank1.alpharl import UPDATES, alpharl_update
+from rlsignals.io.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from rlsignals.ops.svd import delta_svd
 
 

@@ -22,11 +22,11 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rlsignals.distributed import barrier, broadcast_object, merge_dicts, rank_and_world
-from rlsignals.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, check_compatible, group_by_shape,
+from rlsignals.io.distributed import barrier, broadcast_object, merge_dicts, rank_and_world
+from rlsignals.io.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, check_compatible, group_by_shape,
                                    select_matrices, write_checkpoint)
 from rlsignals.ops.svd import delta_svd
-from rlsignals.trajectory import Trajectory
+from rlsignals.rank1.trajectory import Trajectory
 
 
 def checkpoint_step(path: str | Path) -> int | None:

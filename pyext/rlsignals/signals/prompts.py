@@ -22,7 +22,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from rlsignals.tables import read_table
+from rlsignals.io.tables import read_table
 
 PROBES = ("x", "Quantum 12345 ?!")
 

@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import torch
 
-from rlsignals._extension import _has_kernel, load_extension
-from rlsignals.backends import _warn_once, available_backends
+from rlsignals.ops.extension import _has_kernel, load_extension
+from rlsignals.ops.backends import _warn_once, available_backends
 
 # Widest X a compiled kernel takes in one pass; wider blocks run in column groups.
 MAX_KERNEL_COLS = 32

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from brute_force import angle_stats_brute
-from packs import make_pack
+from helpers.brute_force import angle_stats_brute
+from helpers.packs import make_pack
 from torch.testing import assert_close
 
 import rlsignals
@@ -41,7 +41,7 @@ def cuda_backend():
 
 
 def tolerance(dtype: torch.dtype) -> dict:
-    # bf16/fp16 inputs are exact in fp64; only the fp32 accumulation differs (DESIGN.md).
+    # bf16/fp16 inputs are exact in fp64; only the fp32 accumulation differs (the tolerance rule of tests/README.md).
     return {"atol": 1e-5 if dtype == torch.float32 else 1e-4, "rtol": 1e-5}
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from rlsignals.checkpoints import Checkpoint, CheckpointError, select_matrices
-from rlsignals.extrapolate import extrapolate, read_accuracy
-from rlsignals.rank1 import rank1_model, track_rank1
-from rlsignals.trajectory import Trajectory
+from rlsignals.io.checkpoints import Checkpoint, CheckpointError, select_matrices
+from rlsignals.rank1.extrapolate import extrapolate, read_accuracy
+from rlsignals.rank1.track import rank1_model, track_rank1
+from rlsignals.rank1.trajectory import Trajectory
 
 SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64)

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from rlsignals.geometry import bf16_changed, module_geometry, overlap, principal_angles_deg, principal_mask
+from rlsignals.geometry.metrics import bf16_changed, module_geometry, overlap, principal_angles_deg, principal_mask
 from rlsignals.ops.svd import delta_svd
-from rlsignals.report import diff_report
+from rlsignals.geometry.report import diff_report
 
 
 def test_bf16_mask_is_the_papers_tolerance_rule():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from rlsignals.checkpoints import (Checkpoint, CheckpointError, check_compatible, group_by_shape, module_kind,
+from rlsignals.io.checkpoints import (Checkpoint, CheckpointError, check_compatible, group_by_shape, module_kind,
                                    select_matrices, write_checkpoint)
 
 SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,

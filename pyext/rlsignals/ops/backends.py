@@ -13,7 +13,7 @@ import warnings
 
 import torch
 
-from rlsignals._extension import load_extension
+from rlsignals.ops.extension import load_extension
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 _warned: set[str] = set()

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import CHATML, LLAMA3, make_model, make_tokenizer
+from helpers.tiny_models import CHATML, LLAMA3, make_model, make_tokenizer
 
-from rlsignals.scoring import PromptTemplate, ScoreConfig, TemplateBounds, score_dataset, score_prompts
-from rlsignals.scoring.capture import capture_input, default_module_name, resolve_module
+from rlsignals.signals import PromptTemplate, ScoreConfig, TemplateBounds, score_dataset, score_prompts
+from rlsignals.signals.capture import capture_input, default_module_name, resolve_module
 
 PROMPTS = ["what is two plus three", "compute the sum of seven and five", "multiply six by three",
            "how many apples are left if tom eats four of nine", "the", "twelve minus five equals seven",
@@ -115,7 +115,7 @@ def test_score_dataset_end_to_end_and_resume(tmp_path, saved_model):
     # an interrupted run: the partial file holds a header, two rows and a cut-off line
     partial_path = out.with_name("scores2.csv.partial.jsonl")
     config = ScoreConfig(batch_tokens=24)  # a prompt or two per batch: several batches
-    import rlsignals.scoring.score as score_module
+    import rlsignals.signals.scoring as score_module
 
     calls = {"n": 0}
     real = score_module.score_batch

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from rlsignals.atomic import atomic_folder
+from rlsignals.io.atomic import atomic_folder
 
-from rlsignals.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, check_compatible, layer_index,
+from rlsignals.io.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, check_compatible, layer_index,
                                    module_kind, select_matrices)
-from rlsignals.geometry import module_geometry
+from rlsignals.geometry.metrics import module_geometry
 
 HEATMAPS = {
     "unchanged_frac": "bf16 entries unchanged (sparsity)",

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rlsignals
-from rlsignals.backends import BACKENDS, resolve_backend
+from rlsignals.ops.backends import BACKENDS, resolve_backend
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:

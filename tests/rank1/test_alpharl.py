@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlsignals.alpharl import align_signs, fit_pls, linear_in_step
+from rlsignals.rank1.alpharl import align_signs, fit_pls, linear_in_step
 
 
 def test_sign_alignment_only_looks_backwards():

@@ -27,10 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from rlsignals.alpharl import UPDATES, aligned_features, alpharl_update, linear_in_step
-from rlsignals.checkpoints import Checkpoint, write_checkpoint
-from rlsignals.tables import read_table
-from rlsignals.trajectory import Trajectory
+from rlsignals.rank1.alpharl import UPDATES, aligned_features, alpharl_update, linear_in_step
+from rlsignals.io.checkpoints import Checkpoint, write_checkpoint
+from rlsignals.io.tables import read_table
+from rlsignals.rank1.trajectory import Trajectory
 
 METHODS = ("alpharl", "linear_step", "two_point")
 

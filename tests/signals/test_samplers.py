@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlsignals.sampler import GainRLSampler
+from rlsignals.signals.samplers import GainRLSampler
 
 
 def test_draws_are_distinct_and_centred_on_mu():

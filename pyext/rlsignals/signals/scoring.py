@@ -30,11 +30,11 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import nn
 
-from rlsignals.distributed import barrier, rank_and_world
+from rlsignals.io.distributed import barrier, rank_and_world
 from rlsignals.ops.angle import angle_stats_spans
-from rlsignals.scoring.capture import StopForward, capture_input, resolve_module
-from rlsignals.scoring.prompts import PromptTemplate, TemplateBounds, load_few_shot, load_rows
-from rlsignals.tables import check_table_path, read_jsonl_tolerant, write_table
+from rlsignals.signals.capture import StopForward, capture_input, resolve_module
+from rlsignals.signals.prompts import PromptTemplate, TemplateBounds, load_few_shot, load_rows
+from rlsignals.io.tables import check_table_path, read_jsonl_tolerant, write_table
 
 
 @dataclasses.dataclass
