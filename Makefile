@@ -10,12 +10,12 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rlsignals-installed
 
-.PHONY: demo test bench doctor clean
+.PHONY: demo test lint bench doctor clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,lint]"
 	-$(PY) -m rlsignals build
 	@touch $(STAMP)
 
@@ -24,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	cd bench && for script in angle_stats delta_svd score_dataset checkpoint_rank1; do ../$(PY) $$script.py || exit 1; done
