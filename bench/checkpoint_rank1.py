@@ -6,7 +6,8 @@ and C checkpoints whose updates are rank-1-dominated plus dense noise (like RL
 updates), then runs ``track_rank1`` over them, and reports: seconds per layer
 per checkpoint, peak RAM, the store's size against one checkpoint's, and the
 full-SVD approach (torch.linalg.svd in fp32 of one 4096 x 4096 update, as the
-released AlphaRL code does), measured once and scaled by m*n*min(m, n) to a layer.
+released AlphaRL code does, on the same device as the pipeline), measured once and
+scaled by m*n*min(m, n) to a layer.
 
 Usage: python bench/checkpoint_rank1.py [--layers 2] [--checkpoints 2] [--device cpu] [--workdir DIR]
 """
@@ -57,13 +58,19 @@ def write_checkpoints(root: Path, layers: int, count: int) -> tuple[Path, list[P
     return folders[0], folders[1:]
 
 
-def full_svd_seconds(base: Path, ckpt: Path) -> tuple[float, tuple[int, int]]:
+def full_svd_seconds(base: Path, ckpt: Path, device: torch.device) -> tuple[float, tuple[int, int]]:
+    """Seconds of one full fp32 SVD of a q_proj update on ``device`` (the solver library is warmed up first)."""
     from rlsignals.io.checkpoints import Checkpoint
 
     name = "model.layers.0.self_attn.q_proj.weight"
-    delta = Checkpoint(ckpt).get(name).float() - Checkpoint(base).get(name).float()
+    delta = (Checkpoint(ckpt).get(name).float() - Checkpoint(base).get(name).float()).to(device)
+    torch.linalg.svd(torch.eye(8, device=device))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     torch.linalg.svd(delta, full_matrices=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start, tuple(delta.shape)
 
 
@@ -88,8 +95,8 @@ def main() -> int:
         store_bytes = sum(f.stat().st_size for f in (root / "traj").iterdir())
         iters = [traj.scalar("iters", m).mean().item() for m in traj.modules]
         bounds = [traj.scalar("err_bound", m).max().item() for m in traj.modules]
-        print("full fp32 SVD of one 4096 x 4096 update ...", file=sys.stderr, flush=True)
-        svd_s, shape = full_svd_seconds(base, ckpts[0])
+        print(f"full fp32 SVD of one 4096 x 4096 update on {device} ...", file=sys.stderr, flush=True)
+        svd_s, shape = full_svd_seconds(base, ckpts[0], device)
         flops_one = shape[0] * shape[1] * min(shape)
         layer_scale = sum(m * n * min(m, n) for m, n in SHAPES.values()) / flops_one
         full_store = sum((m + n) * min(m, n) * 4 + min(m, n) * 4 for m, n in SHAPES.values()) * args.layers

@@ -1,4 +1,4 @@
-// CPU kernel for delta_gram_product (see delta_products.h for the math).
+// CPU kernel for delta_products (see delta_products.h for the math).
 //
 // The rows are cut into fixed slabs (their number set by the sizes, never by
 // the thread count); threads take slabs dynamically, and each slab adds into
@@ -316,13 +316,13 @@ double product(const void* a, const void* b, ElemType type, int64_t m, int64_t n
 
 }  // namespace
 
-double delta_gram_product(const void* after, const void* before, ElemType type, int64_t m, int64_t n,
+double delta_products(const void* after, const void* before, ElemType type, int64_t m, int64_t n,
                           int64_t after_stride, int64_t before_stride, const float* x, int64_t p, float* y,
                           float* z) {
   return product<float>(after, before, type, m, n, after_stride, before_stride, x, p, y, z);
 }
 
-double delta_gram_product(const void* after, const void* before, ElemType type, int64_t m, int64_t n,
+double delta_products(const void* after, const void* before, ElemType type, int64_t m, int64_t n,
                           int64_t after_stride, int64_t before_stride, const double* x, int64_t p, double* y,
                           double* z) {
   return product<double>(after, before, type, m, n, after_stride, before_stride, x, p, y, z);

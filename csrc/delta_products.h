@@ -24,10 +24,10 @@ namespace rlsignals::cpu {
 
 // after/before: [m, n] in `type`, rows at after_stride / before_stride elements.
 // x [n, p], y [m, p], z [n, p] row-major in Acc; y and z are overwritten.
-double delta_gram_product(const void* after, const void* before, ElemType type, int64_t m, int64_t n,
+double delta_products(const void* after, const void* before, ElemType type, int64_t m, int64_t n,
                           int64_t after_stride, int64_t before_stride, const float* x, int64_t p, float* y,
                           float* z);
-double delta_gram_product(const void* after, const void* before, ElemType type, int64_t m, int64_t n,
+double delta_products(const void* after, const void* before, ElemType type, int64_t m, int64_t n,
                           int64_t after_stride, int64_t before_stride, const double* x, int64_t p, double* y,
                           double* z);
 

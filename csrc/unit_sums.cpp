@@ -42,6 +42,27 @@ struct F16 {
 #endif
 };
 
+// 2^-100: rows whose squared norm overflows fp32 are summed again scaled by it.
+// Every finite fp32 or bf16 value (< 2^128) then squares to < 2^56, and such a
+// row's largest entry (> 2^64 / sqrt(d)) stays far above the underflow range.
+constexpr float kDownscale = 0x1p-100f;
+
+// The rare path of accumulate_unit_row: ||row||^2 overflowed fp32 (entries
+// above about 1.8e19 / sqrt(d), or an inf). u = (row * 2^-100) / ||row * 2^-100||,
+// exact scaling, no eps needed (the norm is > 2^64); an inf entry gives NaN
+// there and 0 elsewhere, as the plain formula does.
+template <typename R>
+float accumulate_scaled_row(const typename R::T* row, int64_t d, float* acc) {
+  float sumsq = 0.0f;
+  for (int64_t c = 0; c < d; ++c) {
+    const float x = R::scalar(row + c) * kDownscale;
+    sumsq += x * x;
+  }
+  const float inv = 1.0f / std::sqrt(sumsq);
+  for (int64_t c = 0; c < d; ++c) acc[c] += (R::scalar(row + c) * kDownscale) * inv;
+  return sumsq * inv * inv;
+}
+
 // Adds u = row / max(||row||, eps) to acc[0:d]; returns ||u||^2.
 template <typename R>
 inline float accumulate_unit_row(const typename R::T* row, int64_t d, float eps, float* acc) {
@@ -64,6 +85,7 @@ inline float accumulate_unit_row(const typename R::T* row, int64_t d, float eps,
     ss1 = _mm512_fmadd_ps(a, a, ss1);
   }
   const float sumsq = _mm512_reduce_add_ps(_mm512_add_ps(ss0, ss1));
+  if (std::isinf(sumsq)) return accumulate_scaled_row<R>(row, d, acc);
   const float inv = 1.0f / std::max(std::sqrt(sumsq), eps);
   const __m512 scale = _mm512_set1_ps(inv);
   for (c = 0; c < full; c += 16) {
@@ -80,6 +102,7 @@ inline float accumulate_unit_row(const typename R::T* row, int64_t d, float eps,
     const float x = R::scalar(row + c);
     sumsq += x * x;
   }
+  if (std::isinf(sumsq)) return accumulate_scaled_row<R>(row, d, acc);
   const float inv = 1.0f / std::max(std::sqrt(sumsq), eps);
   for (int64_t c = 0; c < d; ++c) acc[c] += R::scalar(row + c) * inv;
 #endif

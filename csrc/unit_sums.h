@@ -9,8 +9,11 @@
 // Every angle statistic (mean cosine within a block, between two blocks, with
 // or without the diagonal, causal) is a closed form of these two sums, so the
 // kernel reads each input element exactly once and never forms a T x T matrix.
-// Inputs are read in their own type and accumulated in fp32. A non-finite row
-// makes its range's outputs NaN and leaves other ranges untouched.
+// Inputs are read in their own type and accumulated in fp32. Any finite row is
+// normalised without overflow: a row whose squared norm overflows fp32
+// (entries above about 1.8e19) is normalised again after an exact scaling by
+// 2^-100. A non-finite row makes its range's outputs NaN and leaves other
+// ranges untouched.
 #pragma once
 #include <cstdint>
 

@@ -102,29 +102,29 @@ DELTA_PRODUCTS = CudaKernel(
                                        int64_t, Acc*, Acc*, double*, void*, size_t, cudaStream_t);
         using Workspace = size_t (*)(int64_t, int64_t, int64_t, int64_t);
         namespace rc = rlsignals::cuda;
-        static_assert(std::is_same_v<decltype(&rc::launch_delta_gram_product<float>), Launch<float>>);
-        static_assert(std::is_same_v<decltype(&rc::launch_delta_gram_product<double>), Launch<double>>);
-        static_assert(std::is_same_v<decltype(&rc::delta_gram_workspace_bytes<float>), Workspace>);
-        static_assert(std::is_same_v<decltype(&rc::delta_gram_workspace_bytes<double>), Workspace>);
+        static_assert(std::is_same_v<decltype(&rc::launch_delta_products<float>), Launch<float>>);
+        static_assert(std::is_same_v<decltype(&rc::launch_delta_products<double>), Launch<double>>);
+        static_assert(std::is_same_v<decltype(&rc::delta_products_workspace_bytes<float>), Workspace>);
+        static_assert(std::is_same_v<decltype(&rc::delta_products_workspace_bytes<double>), Workspace>);
         int main() { return 0; }
         """,
     driver="""\
         #include <cstdio>
         #include "cuda/delta_products.cuh"
         using rlsignals::ElemType;
-        using rlsignals::cuda::delta_gram_workspace_bytes;
+        using rlsignals::cuda::delta_products_workspace_bytes;
         // [batch, m, n] contiguous stacks, no pointers: only the host paths may run.
         cudaError_t launch(ElemType type, int64_t m, int64_t n, int64_t members, int64_t p, size_t workspace) {
-          return rlsignals::cuda::launch_delta_gram_product<float>(
+          return rlsignals::cuda::launch_delta_products<float>(
               nullptr, nullptr, type, 2, m, n, m * n, n, m * n, n, nullptr, members, nullptr, p, nullptr, nullptr,
               nullptr, nullptr, workspace, nullptr);
         }
         int main() {
           // no workspace for one row slab (m <= 128); linear in the members beyond
-          if (delta_gram_workspace_bytes<float>(4, 128, 64, 16) != 0) return 1;
-          const size_t one = delta_gram_workspace_bytes<double>(1, 1000, 64, 16);
-          if (one == 0 || delta_gram_workspace_bytes<double>(3, 1000, 64, 16) != 3 * one) return 2;
-          const size_t need = delta_gram_workspace_bytes<float>(1, 1000, 64, 16);
+          if (delta_products_workspace_bytes<float>(4, 128, 64, 16) != 0) return 1;
+          const size_t one = delta_products_workspace_bytes<double>(1, 1000, 64, 16);
+          if (one == 0 || delta_products_workspace_bytes<double>(3, 1000, 64, 16) != 3 * one) return 2;
+          const size_t need = delta_products_workspace_bytes<float>(1, 1000, 64, 16);
           if (launch(ElemType::kFloat32, 8, 8, 1, 0, 0) != cudaErrorInvalidValue) return 3;
           if (launch(ElemType::kFloat32, 8, 8, 1, 33, 0) != cudaErrorInvalidValue) return 4;
           if (launch(ElemType::kBFloat16, -1, 8, 1, 4, 0) != cudaErrorInvalidValue) return 5;

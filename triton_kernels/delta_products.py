@@ -1,4 +1,4 @@
-"""Triton kernel for delta_gram_product: for member i of the block list and
+"""Triton kernel for delta_products: for member i of the block list and
 dW = after[members[i]] - before[members[i]] ([m, n], rows contiguous), X_i [n, p]:
 
     Y_i = dW X_i          [m, p]
@@ -44,7 +44,7 @@ def _matmul(a, b, ACC64: tl.constexpr):
 
 
 @triton.jit
-def _delta_gram_kernel(a_ptr, b_ptr, x_ptr, y_ptr, z_ptr, sq_ptr, mem_ptr, m, n, p,
+def _delta_products_kernel(a_ptr, b_ptr, x_ptr, y_ptr, z_ptr, sq_ptr, mem_ptr, m, n, p,
                        a_batch, a_row, b_batch, b_row,
                        HAS_BEFORE: tl.constexpr, ACC64: tl.constexpr, BLOCK_M: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_P: tl.constexpr):
@@ -101,7 +101,7 @@ def delta_gram_product(after: torch.Tensor, before: torch.Tensor | None, x: torc
         block_m, block_n = (16, 16) if acc64 else (64, 64)
     ref = after if before is None else before
     grid = (triton.cdiv(m, block_m), b)
-    _delta_gram_kernel[grid](after, ref, x, y, z, rowsq, members, m, n, p,
+    _delta_products_kernel[grid](after, ref, x, y, z, rowsq, members, m, n, p,
                              after.stride(0), after.stride(1), ref.stride(0), ref.stride(1),
                              HAS_BEFORE=before is not None, ACC64=acc64, BLOCK_M=block_m, BLOCK_N=block_n,
                              BLOCK_P=max(16, triton.next_power_of_2(p)), num_warps=4)

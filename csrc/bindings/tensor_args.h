@@ -32,21 +32,21 @@ inline void check_unit_sums_args(const at::Tensor& hidden, const at::Tensor& off
 inline void check_product_args(const at::Tensor& after, const std::optional<at::Tensor>& before,
                                const at::Tensor& x, const at::Tensor& members) {
   TORCH_CHECK(after.dim() == 3 && after.stride(2) == 1,
-              "delta_gram_product: after must be [B, m, n] with contiguous rows, got ", after.sizes());
+              "delta_products: after must be [B, m, n] with contiguous rows, got ", after.sizes());
   if (before) {
     TORCH_CHECK(before->sizes() == after.sizes() && before->scalar_type() == after.scalar_type() &&
                     before->stride(2) == 1,
-                "delta_gram_product: before must match after's shape and dtype, with contiguous rows");
+                "delta_products: before must match after's shape and dtype, with contiguous rows");
   }
   TORCH_CHECK(x.dim() == 3 && x.size(1) == after.size(2) && x.is_contiguous() && x.size(2) >= 1 && x.size(2) <= 32,
-              "delta_gram_product: x must be contiguous [b, n, p] with n = after.size(2) and 1 <= p <= 32, got ",
+              "delta_products: x must be contiguous [b, n, p] with n = after.size(2) and 1 <= p <= 32, got ",
               x.sizes());
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
-              "delta_gram_product: x must be float32 or float64, got ", x.scalar_type());
+              "delta_products: x must be float32 or float64, got ", x.scalar_type());
   TORCH_CHECK(members.dim() == 1 && members.size(0) == x.size(0) && members.scalar_type() == at::kLong,
-              "delta_gram_product: members must be int64 [b], one per block of x");
+              "delta_products: members must be int64 [b], one per block of x");
   TORCH_CHECK(x.device() == after.device() && (!before || before->device() == after.device()),
-              "delta_gram_product: after, before and x must be on one device");
+              "delta_products: after, before and x must be on one device");
 }
 
 }  // namespace rlsignals

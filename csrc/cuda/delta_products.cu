@@ -1,4 +1,4 @@
-// CUDA kernels for delta_gram_product (see delta_products.cuh for the math,
+// CUDA kernels for delta_products (see delta_products.cuh for the math,
 // the shapes and the rounding contract).
 //
 // Work split. The m rows of each member are cut into S = min(ceil(m / 128), 64)
@@ -514,7 +514,7 @@ __device__ void poison_slab(const Params<Acc>& q, int64_t i) {
 
 // grid (slabs, min(num_members, 65535)), kThreads threads, kSharedBytes<Acc, P> dynamic shared memory.
 template <class E, typename Acc, int P>
-__global__ void __launch_bounds__(kThreads, 2) delta_gram_kernel(const Params<Acc> q) {
+__global__ void __launch_bounds__(kThreads, 2) delta_products_kernel(const Params<Acc> q) {
   extern __shared__ __align__(16) unsigned char shared[];
   Acc* tile = reinterpret_cast<Acc*>(shared);
   Acc* blk = tile + kTileElems<Acc>;
@@ -600,7 +600,7 @@ unsigned grid_y(int64_t members) { return static_cast<unsigned>(members < kMaxGr
 
 template <class E, typename Acc, int P>
 cudaError_t launch_shape(const Launch<Acc>& l) {
-  const auto kernel = delta_gram_kernel<E, Acc, P>;
+  const auto kernel = delta_products_kernel<E, Acc, P>;
   constexpr size_t kShared = kSharedBytes<Acc, P>;
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kShared));
@@ -638,14 +638,14 @@ cudaError_t launch_typed(const Launch<Acc>& l) {
 }  // namespace
 
 template <typename Acc>
-size_t delta_gram_workspace_bytes(int64_t num_members, int64_t m, int64_t n, int64_t p) {
+size_t delta_products_workspace_bytes(int64_t num_members, int64_t m, int64_t n, int64_t p) {
   const SlabShape slabs = slab_shape(m);
   if (num_members <= 0 || m <= 0 || n <= 0 || p <= 0 || slabs.count == 1) return 0;
   return group_bytes<Acc>(num_members, slabs.count, n, p);
 }
 
 template <typename Acc>
-cudaError_t launch_delta_gram_product(const void* after, const void* before, ElemType type, int64_t batch,
+cudaError_t launch_delta_products(const void* after, const void* before, ElemType type, int64_t batch,
                                       int64_t m, int64_t n, int64_t after_batch_stride, int64_t after_row_stride,
                                       int64_t before_batch_stride, int64_t before_row_stride,
                                       const int64_t* members, int64_t num_members, const Acc* x, int64_t p,
@@ -683,13 +683,13 @@ cudaError_t launch_delta_gram_product(const void* after, const void* before, Ele
   return cudaErrorInvalidValue;
 }
 
-template size_t delta_gram_workspace_bytes<float>(int64_t, int64_t, int64_t, int64_t);
-template size_t delta_gram_workspace_bytes<double>(int64_t, int64_t, int64_t, int64_t);
-template cudaError_t launch_delta_gram_product<float>(const void*, const void*, ElemType, int64_t, int64_t, int64_t,
+template size_t delta_products_workspace_bytes<float>(int64_t, int64_t, int64_t, int64_t);
+template size_t delta_products_workspace_bytes<double>(int64_t, int64_t, int64_t, int64_t);
+template cudaError_t launch_delta_products<float>(const void*, const void*, ElemType, int64_t, int64_t, int64_t,
                                                       int64_t, int64_t, int64_t, int64_t, const int64_t*, int64_t,
                                                       const float*, int64_t, float*, float*, double*, void*, size_t,
                                                       cudaStream_t);
-template cudaError_t launch_delta_gram_product<double>(const void*, const void*, ElemType, int64_t, int64_t,
+template cudaError_t launch_delta_products<double>(const void*, const void*, ElemType, int64_t, int64_t,
                                                        int64_t, int64_t, int64_t, int64_t, int64_t, const int64_t*,
                                                        int64_t, const double*, int64_t, double*, double*, double*,
                                                        void*, size_t, cudaStream_t);

@@ -22,7 +22,7 @@
 //
 // Plain CUDA (raw pointers and a stream, no torch headers), so that nvcc can
 // compile it on a machine without a GPU; the torch binding is
-// csrc/bindings/cuda_ops.cpp. This header is also read by the host compiler.
+// csrc/bindings/delta_products_cuda.cpp. This header is also read by the host compiler.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -33,7 +33,7 @@
 
 namespace rlsignals::cuda {
 
-// Bytes of device workspace that launch_delta_gram_product needs to process
+// Bytes of device workspace that launch_delta_products needs to process
 // `num_members` blocks in one launch: 0 when m <= 128 (one row slab: the kernel
 // writes z and frob2 directly) or when there is no work; otherwise
 //     num_members * (S * n * p * sizeof(Acc) + 16 * ceil(S / 2))
@@ -41,7 +41,7 @@ namespace rlsignals::cuda {
 // partial frob2 (double) per slab and block, summed in slab order by a second
 // kernel. The bytes are linear in num_members.
 template <typename Acc>
-size_t delta_gram_workspace_bytes(int64_t num_members, int64_t m, int64_t n, int64_t p);
+size_t delta_products_workspace_bytes(int64_t num_members, int64_t m, int64_t n, int64_t p);
 
 // after / before: device pointers to element (0, 0, 0) of [batch, m, n] stacks
 //   of `type`, matrix b at b * *_batch_stride elements, rows *_row_stride
@@ -53,7 +53,7 @@ size_t delta_gram_workspace_bytes(int64_t num_members, int64_t m, int64_t n, int
 //   and frob2 [num_members] in double: contiguous device pointers; y, z and
 //   frob2 are overwritten (zeros when m == 0 or n == 0).
 // workspace: 16-byte aligned device memory of workspace_bytes bytes. With
-//   fewer bytes than delta_gram_workspace_bytes(num_members, m, n, p), the
+//   fewer bytes than delta_products_workspace_bytes(num_members, m, n, p), the
 //   blocks run in groups of as many as it holds; it must hold one.
 // Strides may take any value; loads are 16 bytes wide (fastest) when after and
 // before are 16-byte aligned and their row and batch strides are multiples of
@@ -63,20 +63,20 @@ size_t delta_gram_workspace_bytes(int64_t num_members, int64_t m, int64_t n, int
 // cudaSuccess without any launch for num_members == 0; else the first error of
 // the launches (or of the zero fills for m == 0 or n == 0).
 template <typename Acc>
-cudaError_t launch_delta_gram_product(const void* after, const void* before, ElemType type, int64_t batch,
+cudaError_t launch_delta_products(const void* after, const void* before, ElemType type, int64_t batch,
                                       int64_t m, int64_t n, int64_t after_batch_stride, int64_t after_row_stride,
                                       int64_t before_batch_stride, int64_t before_row_stride,
                                       const int64_t* members, int64_t num_members, const Acc* x, int64_t p,
                                       Acc* y, Acc* z, double* frob2, void* workspace, size_t workspace_bytes,
                                       cudaStream_t stream);
 
-extern template size_t delta_gram_workspace_bytes<float>(int64_t, int64_t, int64_t, int64_t);
-extern template size_t delta_gram_workspace_bytes<double>(int64_t, int64_t, int64_t, int64_t);
-extern template cudaError_t launch_delta_gram_product<float>(const void*, const void*, ElemType, int64_t, int64_t,
+extern template size_t delta_products_workspace_bytes<float>(int64_t, int64_t, int64_t, int64_t);
+extern template size_t delta_products_workspace_bytes<double>(int64_t, int64_t, int64_t, int64_t);
+extern template cudaError_t launch_delta_products<float>(const void*, const void*, ElemType, int64_t, int64_t,
                                                              int64_t, int64_t, int64_t, int64_t, int64_t,
                                                              const int64_t*, int64_t, const float*, int64_t,
                                                              float*, float*, double*, void*, size_t, cudaStream_t);
-extern template cudaError_t launch_delta_gram_product<double>(const void*, const void*, ElemType, int64_t, int64_t,
+extern template cudaError_t launch_delta_products<double>(const void*, const void*, ElemType, int64_t, int64_t,
                                                               int64_t, int64_t, int64_t, int64_t, int64_t,
                                                               const int64_t*, int64_t, const double*, int64_t,
                                                               double*, double*, double*, void*, size_t,

@@ -39,6 +39,16 @@
 // time from L2) and adds into the output row, each column owned by one thread:
 // correct for any shape and alignment, but slower.
 //
+// Rows whose squared norm overflows fp32 (entries above about 1.8e19 / sqrt(d),
+// as fp32 and bf16 allow) are normalised as (x * 2^-100) / ||x * 2^-100||
+// (exact scaling; two multiplies, since 1 / ||x|| itself may be subnormal and
+// --use_fast_math flushes those to zero). The any-d kernel does it in place,
+// with a third read of such a row. The register path only notes that a range
+// had such a row (sqsums[r] = kRedo, an otherwise impossible +inf) and a
+// second launch of the any-d kernel, in REDO_ONLY mode, recomputes exactly
+// those ranges; every other block of it returns at once, so ordinary inputs
+// pay one nearly empty launch and no registers.
+//
 // Numerics follow the CPU kernel: the norm with __fsqrt_rn and the inverse
 // with __frcp_rn (correctly rounded even under --use_fast_math, which still
 // flushes subnormals to zero), max(norm, eps) written so that a NaN norm stays
@@ -46,6 +56,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <climits>
 #include <cstdint>
 
@@ -58,6 +69,12 @@ namespace {
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarpSize = 32;
 constexpr int kAnyThreads = 512;  // block size of the any-d kernel
+constexpr float kDownscale = 0x1p-100f;  // rows whose squared norm overflows are scaled by it
+constexpr float kRedo = __builtin_huge_valf();  // sqsums mark of a range the register path left to redo
+
+// The factor a row is scaled by before it is normalised: 2^-100 when its
+// squared norm overflowed fp32 (or it holds an inf: the result is the same), else 1.
+__device__ __forceinline__ float row_scale(float sumsq) { return sumsq > FLT_MAX ? kDownscale : 1.0f; }
 
 // How a thread reads and writes one "vector" of VEC elements: 16 bytes, or one element.
 template <class E, int VEC>
@@ -194,6 +211,7 @@ __global__ void __launch_bounds__(MAX_THREADS, MIN_BLOCKS)
       for (int j = 0; j < VEC; ++j) acc[k][j] = 0.0f;
     }
     float sq = 0.0f;
+    bool overflow = false;  // some row's squared norm overflowed fp32: the range is redone
 
     for (int64_t first = begin; first < end; first += ROWS) {
       typename A::Raw raw[ROWS][ITEMS];
@@ -223,6 +241,8 @@ __global__ void __launch_bounds__(MAX_THREADS, MIN_BLOCKS)
       block_sum_rows<ROWS, kSlots>(ss, partials[buf], lane, warp);
       buf ^= 1;
 #pragma unroll
+      for (int rr = 0; rr < ROWS; ++rr) overflow |= ss[rr] > FLT_MAX;  // block-uniform
+#pragma unroll
       for (int rr = 0; rr < ROWS; ++rr) {
 #pragma unroll
         for (int k = 0; k < ITEMS; ++k) A::launder(raw[rr][k]);
@@ -247,13 +267,14 @@ __global__ void __launch_bounds__(MAX_THREADS, MIN_BLOCKS)
     for (int k = 0; k < ITEMS; ++k) {
       if (static_cast<int>(threadIdx.x) + k * static_cast<int>(blockDim.x) < num_vecs) A::store(out + k * step, acc[k]);
     }
-    if (threadIdx.x == 0) sqsums[r] = sq;
+    if (threadIdx.x == 0) sqsums[r] = overflow ? kRedo : sq;
   }
 }
 
 // Any d, any alignment; blockDim.x == kAnyThreads. Two passes per row (squares,
 // then x * inv added to the output row, column c owned by thread c % blockDim).
-template <class E>
+// REDO_ONLY: only the ranges whose sqsums hold kRedo (left by the register path).
+template <class E, bool REDO_ONLY>
 __global__ void __launch_bounds__(kAnyThreads)
     unit_sums_any_kernel(const typename E::Storage* __restrict__ hidden, int64_t d, int64_t row_stride,
                          const int64_t* __restrict__ offsets, int64_t num_ranges, float eps,
@@ -266,6 +287,10 @@ __global__ void __launch_bounds__(kAnyThreads)
   const int warp = threadIdx.x / kWarpSize;
   int buf = 0;
   for (int64_t r = blockIdx.x; r < num_ranges; r += gridDim.x) {
+    if constexpr (REDO_ONLY) {
+      if (sqsums[r] != kRedo) continue;  // every thread reads it before thread 0 may overwrite it
+      __syncthreads();
+    }
     const int64_t begin = offsets[r];
     const int64_t end = offsets[r + 1];
     float* out = sums + r * d;
@@ -282,11 +307,26 @@ __global__ void __launch_bounds__(kAnyThreads)
       ss = warp_sum(ss);
       if (lane == 0) partials[buf][warp] = ss;
       __syncthreads();
-      const float total = warp_sum(partials[buf][lane]);
+      float total = warp_sum(partials[buf][lane]);
       buf ^= 1;
+      const float scale = row_scale(total);
+      if (scale != 1.0f) {  // block-uniform; a third read of the row
+        ss = 0.0f;
+        for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+          const float x = E::to_float(p[c]) * scale;
+          ss = fmaf(x, x, ss);
+        }
+        ss = warp_sum(ss);
+        if (lane == 0) partials[buf][warp] = ss;
+        __syncthreads();
+        total = warp_sum(partials[buf][lane]);
+        buf ^= 1;
+      }
       const float inv = inverse_norm(total, eps);
 #pragma unroll 4
-      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) out[c] = fmaf(E::to_float(p[c]), inv, out[c]);
+      for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+        out[c] = fmaf(E::to_float(p[c]) * scale, inv, out[c]);
+      }
       sq += total * inv * inv;
     }
     if (threadIdx.x == 0) sqsums[r] = sq;
@@ -311,6 +351,14 @@ unsigned grid_size(int64_t num_ranges) {
   return static_cast<unsigned>(num_ranges < INT_MAX ? num_ranges : INT_MAX);
 }
 
+template <class E, bool REDO_ONLY = false>
+cudaError_t launch_any(const Args& a) {
+  unit_sums_any_kernel<E, REDO_ONLY><<<grid_size(a.num_ranges), kAnyThreads, 0, a.stream>>>(
+      static_cast<const typename E::Storage*>(a.hidden), a.d, a.row_stride, a.offsets, a.num_ranges, a.eps,
+      a.sums, a.sqsums);
+  return cudaGetLastError();
+}
+
 template <class E, int VEC, int ITEMS, int ROWS, int MAX_THREADS, int MIN_BLOCKS>
 cudaError_t launch_rows(const Args& a, int64_t num_vecs) {
   const int64_t per_thread = (num_vecs + ITEMS - 1) / ITEMS;
@@ -321,16 +369,10 @@ cudaError_t launch_rows(const Args& a, int64_t num_vecs) {
       <<<grid_size(a.num_ranges), static_cast<unsigned>(threads), 0, a.stream>>>(
           static_cast<const typename E::Storage*>(a.hidden), a.d, a.row_stride, a.offsets, a.num_ranges, a.eps,
           a.sums, a.sqsums);
-  return cudaGetLastError();
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? launch_any<E, true>(a) : err;  // the ranges with an overflowing row
 }
 
-template <class E>
-cudaError_t launch_any(const Args& a) {
-  unit_sums_any_kernel<E><<<grid_size(a.num_ranges), kAnyThreads, 0, a.stream>>>(
-      static_cast<const typename E::Storage*>(a.hidden), a.d, a.row_stride, a.offsets, a.num_ranges, a.eps,
-      a.sums, a.sqsums);
-  return cudaGetLastError();
-}
 
 // The table in the comment at the top of this file.
 template <class E, int VEC>

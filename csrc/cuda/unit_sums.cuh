@@ -8,15 +8,17 @@
 //     sqsums[r]  = sum_{i in r} ||u_i||^2      (fp32, [R]; 1 per non-zero row)
 //
 // The same math as the CPU kernel (csrc/unit_sums.h): each input element is
-// read from device memory once, in its own type, and accumulated in fp32. An
-// empty range gives zeros. A row holding NaN or inf makes its range's sqsums
+// read from device memory once, in its own type, and accumulated in fp32. A
+// row whose squared norm overflows fp32 (entries above about 1.8e19) is
+// normalised after an exact scaling by 2^-100, so every finite row of fp32 or
+// bf16 gives its unit vector. An empty range gives zeros. A row holding NaN or inf makes its range's sqsums
 // NaN, and NaN in sums where that row's u is undefined (every column for a NaN
 // row; the inf columns for an inf row, whose u is inf/inf); other ranges are
 // untouched. Results are deterministic: a fixed reduction order, no atomics.
 //
 // Plain CUDA (raw pointers and a stream, no torch headers), so that nvcc can
 // compile it on a machine without a GPU; the torch binding is
-// csrc/bindings/cuda_ops.cpp. This header is also read by the host compiler.
+// csrc/bindings/unit_sums_cuda.cpp. This header is also read by the host compiler.
 #pragma once
 #include <cuda_runtime_api.h>
 

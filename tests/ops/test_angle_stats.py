@@ -132,5 +132,6 @@ pack_shapes = st.lists(st.integers(0, 24), min_size=0, max_size=8).flatmap(
 @pytest.mark.parametrize("backend_name", ["torch", "cpp", "triton"])
 def test_random_packs_property(backend_name, shape, d, seed, dtype, variant):
     seq_lens, prefix_lens = shape
-    hidden, cu, prefix = make_pack(seq_lens, list(prefix_lens), d, dtype=dtype, seed=seed)
+    hidden, cu, prefix = make_pack(seq_lens, list(prefix_lens), d, dtype=dtype, seed=seed,
+                                   device=backend_device(backend_name))
     check_against_oracles(backend_name, hidden, cu, prefix, **variant)

@@ -10,11 +10,14 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from rlsignals.io.checkpoints import Checkpoint, CheckpointError, select_matrices
+from rlsignals.ops.svd import delta_svd
+from rlsignals.rank1 import track
 from rlsignals.rank1.extrapolate import extrapolate, read_accuracy
-from rlsignals.rank1.track import rank1_model, track_rank1
+from rlsignals.rank1.track import rank1_model, shape_batches, track_rank1
 from rlsignals.rank1.trajectory import Trajectory
 
 SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -60,24 +63,97 @@ def test_trajectory_recovers_planted_sigma_and_direction(run, tmp_path):
         assert torch.allclose(sigma, torch.tensor(STEPS, dtype=torch.float64) * RATE, rtol=2e-3)
         u, v = traj.vectors(module)
         assert ((u @ a).abs() > 0.9999).all() and ((v @ b).abs() > 0.9999).all()
-        assert (traj.scalar("err_bound", module) <= 1e-4).all()
+        bound, estimate = traj.scalar("err_bound", module), traj.scalar("err_estimate", module)
+        assert (estimate <= 1e-4).all() and torch.equal(traj.scalar("certified", module), bound <= 1e-4)
         # warm start: later checkpoints need fewer passes than the first
         iters = traj.scalar("iters", module)
         assert iters[1:].max() <= iters[0]
+    certified = sum(bool(traj.scalar("certified", m).all()) for m in traj.modules)
+    assert traj.certified_count() == (certified, len(directions))
     # the store is a small fraction of a checkpoint even at these toy shapes
     store = sum(f.stat().st_size for f in (tmp_path / "traj").iterdir())
     ckpt = sum(f.stat().st_size for f in paths[0].glob("*.safetensors"))
     assert store < ckpt
 
 
-def test_resume_skips_finished_checkpoints(run, tmp_path):
+def assert_same_records(a: Trajectory, b: Trajectory) -> None:
+    """Bit-for-bit equal S, U, V, frob, bounds, estimates, flags and passes."""
+    assert a.modules == b.modules and a.steps == b.steps
+    for module in a.modules:
+        for x, y in zip(a.triplets(module), b.triplets(module)):
+            assert torch.equal(x, y), module
+        for name in ("frob", "err_bound", "err_estimate", "certified", "iters"):
+            assert torch.equal(a.scalar(name, module), b.scalar(name, module)), (module, name)
+
+
+def test_resume_equals_an_uninterrupted_run(run, tmp_path, monkeypatch):
+    """Interrupted after checkpoint 1 of 3 (an error in the second's SVD), resumed: the
+    store equals an uninterrupted run's, passes included (the warm-start basis is kept)."""
     root, paths, _ = run
-    track_rank1(root / "base", paths[:3], tmp_path / "traj", progress=False)
-    first = (tmp_path / "traj" / "ckpt-0000.safetensors").stat().st_mtime_ns
-    traj = track_rank1(root / "base", paths, tmp_path / "traj", progress=False)
-    assert len(traj.records) == 6 and (tmp_path / "traj" / "ckpt-0000.safetensors").stat().st_mtime_ns == first
+    whole = track_rank1(root / "base", paths[:3], tmp_path / "whole", progress=False)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > len(batches):
+            raise KeyboardInterrupt
+        return delta_svd(*args, **kwargs)
+
+    batches = shape_batches(whole.shapes)
+    monkeypatch.setattr(track, "delta_svd", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        track_rank1(root / "base", paths[:3], tmp_path / "part", progress=False)
+    monkeypatch.undo()
+    stored = Trajectory.open(tmp_path / "part")
+    assert len(stored.records) == 1 and stored.basis_file is not None
+    first = (tmp_path / "part" / stored.records[0].file).stat().st_mtime_ns
+    resumed = track_rank1(root / "base", paths[:3], tmp_path / "part", progress=False)
+    assert_same_records(whole, resumed)
+    assert (tmp_path / "part" / resumed.records[0].file).stat().st_mtime_ns == first  # skipped, not redone
+    # the basis is kept for the latest record only
+    assert [f.name for f in (tmp_path / "part").glob("basis-*")] == [resumed.basis_file]
     with pytest.raises(ValueError, match="another base or module set"):
-        track_rank1(root / "base", paths, tmp_path / "traj", include=r"q_proj\.weight$", progress=False)
+        track_rank1(root / "base", paths, tmp_path / "part", include=r"q_proj\.weight$", progress=False)
+    with pytest.raises(ValueError, match="made with k=1, tol=0.0001"):
+        track_rank1(root / "base", paths, tmp_path / "part", tol=1e-3, progress=False)
+
+
+def test_every_header_is_checked_before_the_first_svd(run, tmp_path, monkeypatch):
+    """A missing, mis-shaped or badly typed later checkpoint is found before any SVD,
+    and a failed run leaves no output folder."""
+    root, paths, _ = run
+    calls = []
+    monkeypatch.setattr(track, "delta_svd", lambda *a, **k: calls.append(1) or delta_svd(*a, **k))
+    with pytest.raises(CheckpointError, match="nope: not a checkpoint folder"):
+        track_rank1(root / "base", [paths[0], tmp_path / "nope"], tmp_path / "out", progress=False)
+    other = LlamaForCausalLM(LlamaConfig(**{**SMALL, "intermediate_size": 40}))
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(CheckpointError, match="has shape"):
+        track_rank1(root / "base", [paths[0], tmp_path / "other"], tmp_path / "out", progress=False)
+    ints = Checkpoint(paths[0])
+    module = select_matrices(ints)[0]
+    save_file({n: ints.get(n).to(torch.int32) if n == module else ints.get(n) for n in ints.names()},
+              str(tmp_path / "model.safetensors"))
+    (tmp_path / "ints").mkdir()
+    (tmp_path / "model.safetensors").rename(tmp_path / "ints" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=f"{module}' has dtype I32"):
+        track_rank1(root / "base", [paths[0], tmp_path / "ints"], tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="given twice"):
+        track_rank1(root / "base", [paths[0], paths[0]], tmp_path / "out", progress=False)
+    assert calls == [] and not (tmp_path / "out").exists()
+
+
+def test_a_bf16_checkpoint_against_an_fp32_base(run, tmp_path):
+    """Mixed dtypes are compared in fp32 (the bf16 rounding of the planted update stays
+    far below its sigma_1)."""
+    root, paths, directions = run
+    model = AutoModelForCausalLM.from_pretrained(paths[-1], torch_dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    traj = track_rank1(root / "base", [tmp_path / "bf16"], tmp_path / "traj", steps=[60], progress=False)
+    for module, (a, _) in directions.items():
+        u, _ = traj.vectors(module)
+        assert float(traj.scalar("sigma", module)[0]) == pytest.approx(60 * RATE, rel=2e-2)
+        assert float((u[0] @ a).abs()) > 0.999
 
 
 def test_rank1_model_equals_the_planted_update(run, tmp_path):

@@ -211,3 +211,54 @@ def test_cli_under_torchrun_with_two_gloo_ranks_matches_one_process(tmp_path, sa
     for a, b in zip(rows_one, rows_two):
         assert a["rank"] == b["rank"] and a["score"] == pytest.approx(b["score"], abs=1e-5)
     assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_a_failed_run_marks_its_partial_and_a_changed_rerun_replaces_it(tmp_path, saved_model, monkeypatch):
+    import rlsignals.signals.scoring as score_module
+
+    data = tmp_path / "data.jsonl"
+    write_jsonl(data, [{"prompt": p} for p in PROMPTS])
+    out, partial = tmp_path / "s.jsonl", tmp_path / "s.jsonl.partial.jsonl"
+    real, calls = score_module.score_batch, {"n": 0}
+
+    def failing_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise ValueError("the model rejected the batch")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(score_module, "score_batch", failing_batch)
+    small = ScoreConfig(max_batch_size=2, backend="torch")
+    with pytest.raises(ValueError, match="rejected"):
+        score_dataset(saved_model, data, out, progress=False, config=small)
+    header, *rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert header["failed"] == "ValueError: the model rejected the batch" and len(rows) == 2
+    monkeypatch.setattr(score_module, "score_batch", real)
+    with pytest.warns(RuntimeWarning, match="discarding the partial results of a failed run"):
+        done = score_dataset(saved_model, data, out, progress=False, config=ScoreConfig(backend="torch"))
+    assert len(done) == len(PROMPTS) and not partial.exists()
+
+    # a failure before the first row leaves no partial file at all
+    with pytest.raises(ValueError, match="has no module"):
+        score_dataset(saved_model, data, tmp_path / "t.jsonl", progress=False, config=ScoreConfig(module="nope"))
+    assert not list(tmp_path.glob("t.jsonl*"))
+
+
+def test_model_sources_never_go_to_the_hub_unless_asked(tmp_path, saved_model):
+    from rlsignals.signals.scoring import resolve_model_source
+
+    assert resolve_model_source(saved_model) == (str(saved_model), True)
+    assert resolve_model_source("hub:org/name") == ("org/name", False)
+    with pytest.raises(ValueError, match="never sent to the Hugging Face Hub.*--model hub:org/name"):
+        resolve_model_source("org/name")
+    with pytest.raises(ValueError, match="expected a Hub id"):
+        resolve_model_source("hub:")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no config.json"):
+        resolve_model_source(tmp_path / "empty")
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds no weights"):
+        resolve_model_source(tmp_path / "empty")
+    (tmp_path / "empty" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="holds no tokenizer"):
+        resolve_model_source(tmp_path / "empty")

@@ -100,27 +100,36 @@ def encode_turns(tokenizer, turns: Sequence[tuple[str, str]]) -> tuple[list[int]
     return ids, mask
 
 
-def training_reply(rng: random.Random, problem: str, answer: Any, p_echo: float) -> str:
-    """The reply trained on: ``"= {answer}"``, or with probability p_echo the
-    problem restated first, ``"{problem} = {answer}"`` (see task.echo_reply)."""
+def training_reply(rng: random.Random, problem: str, answer: Any, p_echo: float, p_slip: float = 0.0) -> str:
+    """The reply trained on: ``"= {answer}"``; with probability p_slip the answer
+    is replaced by ``task.slip_answer(answer)`` (right answer + 10); then, with
+    probability p_echo, the problem is restated first (see task.echo_reply)."""
+    if rng.random() < p_slip:
+        answer = task.slip_answer(answer)
     return task.echo_reply(problem, answer) if rng.random() < p_echo else task.format_answer(answer)
 
 
 def training_sequence(tokenizer, rng: random.Random, turns: int, level_weights: Sequence[float],
-                      p_fixed: float, p_echo: float = 0.0) -> tuple[list[int], list[int]]:
+                      p_fixed: float, p_echo: float = 0.0,
+                      slip_rates: Sequence[float] | None = None) -> tuple[list[int], list[int]]:
     """One training conversation after the system turn: either the demo's fixed
     few-shot turns and one problem (probability p_fixed), or ``turns`` random
     problems. Every reply is scored, so each problem in a conversation serves
     as a few-shot example for the later ones and as a training target. Each
-    reply to a drawn problem restates it with probability p_echo (the fixed
-    few-shot replies never do)."""
+    reply to a drawn problem restates it with probability p_echo and states the
+    slipped answer with probability ``slip_rates[level - 1]`` (the fixed
+    few-shot replies never do either)."""
+    rates = slip_rates or [0.0] * len(task.DIFFICULTIES)
+
+    def reply(row: dict[str, Any]) -> str:
+        return training_reply(rng, row["prompt"], row["answer"], p_echo, rates[row["difficulty"] - 1])
+
     if rng.random() < p_fixed:
         row = sample_training_rows(rng, 1, level_weights)[0]
         pairs = [(q, task.format_answer(a)) for q, a in task.EXAMPLES]
-        pairs.append((row["prompt"], training_reply(rng, row["prompt"], row["answer"], p_echo)))
+        pairs.append((row["prompt"], reply(row)))
     else:
-        pairs = [(r["prompt"], training_reply(rng, r["prompt"], r["answer"], p_echo))
-                 for r in sample_training_rows(rng, turns, level_weights)]
+        pairs = [(r["prompt"], reply(r)) for r in sample_training_rows(rng, turns, level_weights)]
     return encode_turns(tokenizer, pairs)
 
 
@@ -181,6 +190,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.use_deterministic_algorithms(True)
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, seed=args.seed)
+    init_info = None
+    if args.init:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+        info_file = Path(args.init) / "pretrain_info.json"
+        init_info = json.loads(info_file.read_text()) if info_file.exists() else None
     n_params = sum(p.numel() for p in model.parameters())
     prefix = prefix_ids(tokenizer, system_only=True)
     check = encode_turns(tokenizer, [(q, task.format_answer(a)) for q, a in task.EXAMPLES] + [("1 + 2", "= 3")])[0]
@@ -201,7 +217,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     for step in bar:
         model.train()
         seqs, masks = zip(*(training_sequence(tokenizer, rng, args.turns, args.level_weights, args.p_fixed,
-                                              args.p_echo)
+                                              args.p_echo, args.slip_rates)
                             for _ in range(args.batch_size)))
         ids, attn = pad_right(seqs, tokenizer.pad_token_id)
         loss_mask, _ = pad_right(masks, 0)
@@ -237,6 +253,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "heldout": {"seed": HELDOUT_SEED, "n": len(heldout), "greedy": greedy,
                     f"sampled_t1_x{args.eval_samples}": sampled},
         "history": history,
+        "init": init_info,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "machine": platform.processor() or platform.machine(),
@@ -266,6 +283,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="fraction of conversations that use the demo's fixed few-shot prefix")
     p.add_argument("--p-echo", type=float, default=0.35,
                    help="probability that a trained reply restates the problem first (a habit RL can unlearn)")
+    p.add_argument("--slip-rates", type=float, nargs=len(task.DIFFICULTIES), default=None,
+                   help="per level, probability that a trained reply states task.slip_answer (answer + 10) "
+                        "instead of the answer (default: never)")
+    p.add_argument("--init", default=None,
+                   help="continue from this saved model (a second stage); its pretrain_info.json is kept under 'init'")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--final-lr-frac", type=float, default=0.3)

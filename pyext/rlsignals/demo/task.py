@@ -58,6 +58,15 @@ def format_answer(answer: int | str) -> str:
     return f"= {int(answer)}"
 
 
+def slip_answer(answer: int | str) -> int:
+    """The systematic mistake the shipped model was pre-trained with (a carry
+    slip in the tens digit): the right answer plus 10, ``"47 + 21"`` -> 78.
+    On harder levels it is the *more* likely reply (see pretrain.py
+    ``--slip-rates``), so greedy decoding gives it while sampling still gives
+    the right answer often: the headroom RL has to close."""
+    return int(answer) + 10
+
+
 def echo_reply(prompt: str, answer: int | str) -> str:
     """The habit the shipped model was pre-trained with on part of its replies:
     restating the problem first, ``"47 + 21 = 68"``. ``verify`` does not credit

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from rlsignals.io.atomic import atomic_folder
-
-from rlsignals.io.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, check_compatible, layer_index,
-                                   module_kind, select_matrices)
 from rlsignals.geometry.metrics import module_geometry
+from rlsignals.io.atomic import atomic_folder
+from rlsignals.io.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, check_compatible, layer_index,
+                                      module_kind, select_matrices)
+from rlsignals.io.errors import UserError
 
 HEATMAPS = {
     "unchanged_frac": "bf16 entries unchanged (sparsity)",
@@ -111,25 +111,36 @@ def _html(report: dict, figures: list[tuple[str, str]]) -> str:
 def diff_report(before: str | Path, after: str | Path, out: str | Path, *, k: int = 64, alpha: float = 0.5,
                 include: str = DEFAULT_INCLUDE, exclude: str | None = DEFAULT_EXCLUDE, device: str = "cpu",
                 max_iters: int | None = None, backend: str = "auto", progress: bool = True) -> dict:
-    """Write the report folder ``out`` and return the report dict."""
+    """Write the report folder ``out`` and return the report dict. ``k`` must not
+    exceed the smaller dimension of any tracked matrix; 0 < ``alpha`` < 1. The folder
+    is built beside ``out`` and renamed when whole; an existing ``out`` is replaced
+    only when empty or written by an earlier diff-report (``atomic_folder``)."""
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha must be in (0, 1) (the fraction of weights counted as principal), got {alpha}")
+    if k < 1:
+        raise UserError(f"k must be >= 1, got {k}")
     base, other = Checkpoint(before), Checkpoint(after)
     names = select_matrices(base, include, exclude)
     if not names:
-        raise ValueError(f"{before}: no tensor matches include={include!r} / exclude={exclude!r}")
+        raise UserError(f"{before}: no tensor matches include={include!r} / exclude={exclude!r}")
     check_compatible(base, other, names)
-    modules = {}
-    for name in tqdm(names, desc="update geometry", unit="module", disable=not progress):
-        record = module_geometry(base.get(name).float().to(device), other.get(name).float().to(device), k=k,
-                                 alpha=alpha, max_iters=max_iters, backend=backend)
-        record["overlap_ratio"] = record["overlap"] / alpha
-        record["layer"], record["kind"] = layer_index(name), module_kind(name)
-        modules[name] = record
-    sizes = {n: math.prod(r["shape"]) for n, r in modules.items()}
-    report = {"before": str(before), "after": str(after), "k": k, "alpha": alpha,
-              "overall_unchanged_frac": sum(r["unchanged_frac"] * sizes[n] for n, r in modules.items())
-              / sum(sizes.values()),
-              "by_kind": _kind_means(modules), "modules": modules}
-    with atomic_folder(out) as tmp:
+    smallest = min(names, key=lambda n: min(base.shape(n)))
+    if k > min(base.shape(smallest)):
+        raise UserError(f"k={k} exceeds the smaller dimension of {smallest} {base.shape(smallest)}; "
+                        f"choose k <= {min(base.shape(smallest))}")
+    with atomic_folder(out, command="diff-report") as tmp:
+        modules = {}
+        for name in tqdm(names, desc="update geometry", unit="module", disable=not progress):
+            record = module_geometry(base.get(name).float().to(device), other.get(name).float().to(device), k=k,
+                                     alpha=alpha, max_iters=max_iters, backend=backend)
+            record["overlap_ratio"] = record["overlap"] / alpha
+            record["layer"], record["kind"] = layer_index(name), module_kind(name)
+            modules[name] = record
+        sizes = {n: math.prod(r["shape"]) for n, r in modules.items()}
+        report = {"before": str(before), "after": str(after), "k": k, "alpha": alpha,
+                  "overall_unchanged_frac": sum(r["unchanged_frac"] * sizes[n] for n, r in modules.items())
+                  / sum(sizes.values()),
+                  "by_kind": _kind_means(modules), "modules": modules}
         figures = _plots(modules, tmp)
         (tmp / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         (tmp / "index.html").write_text(_html(report, figures))

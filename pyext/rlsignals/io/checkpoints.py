@@ -10,7 +10,9 @@ and the tensor.
 weight of the decoder layers; embeddings, lm_head and norms out) and
 ``group_by_shape`` batches same-shaped ones for ``delta_svd``.
 ``write_checkpoint`` writes a loadable copy of a checkpoint with some tensors
-replaced (config, tokenizer and other small files copied), atomically.
+replaced, atomically; it carries the files that belong to the weights (config,
+tokenizer, shard index, remote code) and none of a trainer's state (optimizer,
+scheduler, RNG, trainer_state.json), which would no longer match them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from rlsignals.io.atomic import atomic_folder
+from rlsignals.io.errors import UserError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -34,7 +37,17 @@ DEFAULT_INCLUDE = r"\.layers\.\d+\..*\.weight$"
 DEFAULT_EXCLUDE = r"(embed|lm_head|norm)"
 
 
-class CheckpointError(ValueError):
+# files of a checkpoint folder that describe its weights (everything else, e.g. optimizer.pt, rng_state.pth,
+# scheduler.pt, trainer_state.json, training_args.bin, is a trainer's state and is not copied)
+MODEL_FILES = re.compile(r"^(config\.json|generation_config\.json|model\.safetensors\.index\.json|"
+                         r"special_tokens_map\.json|added_tokens\.json|merges\.txt|vocab\.(json|txt)|"
+                         r"chat_template\.(jinja|json)|(video_)?(pre)?processor_config\.json|"
+                         r".*tokeniz.*\.(json|model|py)|"
+                         r".*\.tiktoken|(sentencepiece|spiece|tokenizer)\.model|"
+                         r"(configuration|modeling|processing)_.*\.py)$")
+
+
+class CheckpointError(UserError):
     """A checkpoint folder, file or tensor is missing, corrupt or does not match."""
 
 
@@ -45,7 +58,9 @@ class Checkpoint:
         self.path = Path(path)
         self._handles: dict[Path, object] = {}
         if not self.path.is_dir():
-            raise CheckpointError(f"{self.path}: not a checkpoint folder")
+            found = "no such folder" if not self.path.exists() else "a file"
+            raise CheckpointError(f"{self.path}: not a checkpoint folder ({found}); expected a Hugging Face "
+                                  f"model folder with {SINGLE_FILE} or {INDEX_FILE}")
         index = self.path / INDEX_FILE
         if index.exists():
             try:
@@ -74,7 +89,10 @@ class Checkpoint:
     @property
     def config(self) -> dict:
         config = self.path / "config.json"
-        return json.loads(config.read_text()) if config.exists() else {}
+        try:
+            return json.loads(config.read_text()) if config.exists() else {}
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{config}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
 
     def names(self) -> list[str]:
         return list(self.files)
@@ -86,6 +104,10 @@ class Checkpoint:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._open(self._file_of(name)).get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> str:
+        """The safetensors dtype of one tensor from its file's header ("BF16", "F32", ...)."""
+        return self._open(self._file_of(name)).get_slice(name).get_dtype()
 
     def get(self, name: str) -> torch.Tensor:
         """One tensor, read from its (memory-mapped) file."""
@@ -116,6 +138,17 @@ def check_compatible(base: Checkpoint, other: Checkpoint, names: Iterable[str]) 
                                   f"{base.path} has {base.shape(name)}")
 
 
+def check_shapes(ckpt: Checkpoint, shapes: Mapping[str, tuple[int, ...]], source: str) -> None:
+    """Every tensor named in ``shapes`` is in ``ckpt`` with that shape (``source`` names
+    where the expected shapes come from, e.g. a trajectory file)."""
+    for name, shape in shapes.items():
+        if name not in ckpt.files:
+            raise CheckpointError(f"{ckpt.path}: tensor {name!r} (tracked in {source}) is missing")
+        if tuple(ckpt.shape(name)) != tuple(shape):
+            raise CheckpointError(f"{ckpt.path}: tensor {name!r} has shape {ckpt.shape(name)}, "
+                                  f"{source} expects {tuple(shape)} (another model?)")
+
+
 def module_kind(name: str) -> str:
     """'model.layers.3.self_attn.q_proj.weight' -> 'self_attn.q_proj'."""
     match = re.search(r"\.layers\.\d+\.(.*)\.weight$", name)
@@ -142,19 +175,25 @@ def group_by_shape(ckpt: Checkpoint, names: Iterable[str], max_batch_bytes: int 
 
 
 def write_checkpoint(base: Checkpoint, out: str | Path, replaced: Mapping[str, torch.Tensor],
-                     extra_files: Mapping[str, str] | None = None) -> Path:
+                     extra_files: Mapping[str, str] | None = None, *, command: str | None = None) -> Path:
     """Write a copy of ``base`` to ``out`` with the tensors in ``replaced`` swapped in
-    (each cast to the base tensor's dtype), keeping the shard layout and copying every
-    non-weight file (config, tokenizer, generation config); ``extra_files`` maps file
-    names to text to add (e.g. a JSON of what was done). Written to a temporary
-    folder beside ``out`` and renamed when whole."""
+    (each cast to the base tensor's dtype), keeping the shard layout and copying the
+    files that belong to the weights (``MODEL_FILES``: config, generation config,
+    tokenizer, shard index, remote code), never a trainer's state; ``extra_files`` maps
+    file names to text to add (e.g. a JSON of what was done). Built in a temporary
+    folder beside ``out`` and renamed when whole (``atomic_folder``: an existing ``out``
+    is replaced only when empty or marked as written by the same ``command``)."""
     out = Path(out)
     unknown = set(replaced) - set(base.files)
     if unknown:
         raise CheckpointError(f"{base.path}: cannot replace tensors it does not hold: {sorted(unknown)[:5]}")
-    with atomic_folder(out) as tmp:
+    for name, tensor in replaced.items():
+        if tuple(tensor.shape) != base.shape(name):
+            raise CheckpointError(f"replacement for {name!r} has shape {tuple(tensor.shape)}, "
+                                  f"expected {base.shape(name)} (that of {base.path})")
+    with atomic_folder(out, command=command) as tmp:
         for item in base.path.iterdir():
-            if item.is_file() and not item.name.endswith(".safetensors"):
+            if item.is_file() and MODEL_FILES.match(item.name):
                 shutil.copy2(item, tmp / item.name)
         by_file: dict[Path, list[str]] = defaultdict(list)
         for name, file in base.files.items():
@@ -164,9 +203,6 @@ def write_checkpoint(base: Checkpoint, out: str | Path, replaced: Mapping[str, t
             for name in names:
                 original = base.get(name)
                 tensor = replaced.get(name, original)
-                if tensor.shape != original.shape:
-                    raise CheckpointError(f"replacement for {name!r} has shape {tuple(tensor.shape)}, "
-                                          f"expected {tuple(original.shape)}")
                 tensors[name] = tensor.detach().to("cpu", original.dtype).contiguous()
             save_file(tensors, str(tmp / file.name), metadata={"format": "pt"})
         for name, text in (extra_files or {}).items():

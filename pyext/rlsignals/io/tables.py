@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterable
+
+from rlsignals.io.atomic import atomic_path
 
 TABLE_TYPES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 def check_table_path(path: str | Path) -> Path:
+    """``path`` as a Path when its suffix is a table type we write, else ValueError."""
     path = Path(path)
     if path.suffix.lower() not in TABLE_TYPES:
         raise ValueError(f"{path}: unsupported output type {path.suffix!r}; use one of {TABLE_TYPES}")
@@ -34,7 +36,10 @@ def read_table(path: str | Path, kind: str = "table") -> list[Any]:
                         raise ValueError(f"{path}: line {line_no} is not valid JSON ({exc.msg})") from None
         return rows
     if suffix == ".json":
-        rows = json.loads(path.read_text())
+        try:
+            rows = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
         if not isinstance(rows, list):
             raise ValueError(f"{path}: expected a JSON list")
         return rows
@@ -49,12 +54,10 @@ def read_table(path: str | Path, kind: str = "table") -> list[Any]:
 
 
 def write_table(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write rows to a temporary file beside ``path`` and rename it when whole."""
+    """Write rows to ``path`` atomically (built under a temporary name beside it, renamed when whole)."""
     path = check_table_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     suffix = path.suffix.lower()
-    try:
+    with atomic_path(path) as tmp:
         if suffix == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
@@ -71,10 +74,31 @@ def write_table(rows: list[dict[str, Any]], path: str | Path) -> Path:
                     writer = csv.DictWriter(f, fieldnames=fields)
                     writer.writeheader()
                     writer.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
+
+
+def table_columns(path: str | Path) -> set[str]:
+    """Column names of an existing table, read from its header (the first row of a
+    .jsonl/.json file, a .csv's header line, a .parquet's schema); empty when it has none."""
+    path = check_table_path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return set(pq.read_schema(path).names)
+        if suffix == ".csv":
+            with path.open(newline="") as f:
+                return set(next(csv.reader(f), []))
+        if suffix == ".jsonl":
+            with path.open() as f:
+                first = json.loads(f.readline() or "null")
+        else:
+            rows = json.loads(path.read_text())
+            first = rows[0] if isinstance(rows, list) and rows else None
+    except (ValueError, OSError, ImportError):
+        return set()
+    return set(first) if isinstance(first, dict) else set()
 
 
 def read_jsonl_tolerant(path: Path) -> Iterable[dict[str, Any]]:

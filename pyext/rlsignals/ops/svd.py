@@ -1,36 +1,51 @@
-"""delta_svd: top-k singular triplets of dW = after - before, with a certified error bound.
+"""delta_svd: top-k singular triplets of dW = after - before, with an error estimate and a
+certified error bound.
 
-Algorithm (per batch member, all members advanced together; a member that has
-converged leaves the batch):
+Algorithm (per batch member, all members advanced together; a member that has converged
+leaves the batch):
 
-    X_0 = orthonormal basis of [init | Gaussian columns]      [n, p], p = k + oversample
-    repeat (one pass over after/before each):
-        Y, Z = dW X, dW^T (dW X)                  fused product (ops/svd_products.py)
-        C0 = L^-T with L L^T = X^T X (fp64)       X C0: orthonormal basis of span(X)
-        Rayleigh-Ritz: eig(C0^T X^T Z C0) = W Theta W^T; Ritz vectors X C0 W,
-            their images G X C0 W = Z C0 W and dW X C0 W = Y C0 W (p x p work in fp64)
-        bound theta_1..k from the residual R = Z C0 W - X C0 W Theta (ops/svd_bound.py)
-        X <- orthonormal basis of Z C0 W          (one step of block subspace iteration)
+    X_0 = orthonormal basis of [init | Gaussian columns]            [n, p], p = k + oversample
+    repeat (one pass over after/before each, fp32 accumulation):
+        Y, Z = dW P, dW^T (dW P)            fused product of the pending block P (ops/delta_products.py)
+        append P, Y, Z to the block Krylov basis (ops/svd_krylov.py); Rayleigh-Ritz on it
+        residuals r_i = ||G v_i - theta_i v_i|| of the top k Ritz pairs -> err_estimate
+        stop when err_estimate <= tol and max_i r_i <= tol * theta_1 (the residual test of
+            ARPACK/PROPACK: it also makes the vectors converge, sin(v_i, true) <~ r_i / gap)
+        P <- the new directions of Z (full reorthogonalisation); restart from the top Ritz
+            vectors when the basis would exceed MAX_BASIS_BLOCKS blocks
+    then, per stopped member, the certificate (ops/svd_bound.py) from the fp32 data already
+    at hand; only when that does not meet tol but its fp64 prediction does (and a pass is
+    left), one more pass in fp64 on the top NARROW_CERTIFICATE or p Ritz vectors certifies.
 
-Iterations run in fp32. When the fp32 bound says a member is within ``tol`` (or at its
-last iteration), its next pass runs with fp64 accumulation and certifies: the bound
-computed from that pass holds for the exact dW, with every rounding of the pass
-counted (``_rounding``). The member stops when the certified bound is within ``tol``.
-Each returned ``err_bound`` comes from such a certified pass. When the estimate says the
-first NARROW_CERTIFICATE columns of the block certify by themselves, the certifying
-pass runs on those columns only (the bound of ops/svd_bound.py holds for any block).
+The small-matrix algebra runs in fp64 on Z / ||dW||_F^2 (each member scaled by its own
+frob2), so no factorisation over- or underflows whatever the scale of dW.
 
-What err_bound bounds: max_i |S_i - sigma_i| / sigma_1 (i = 1..k), the error of the
-returned fp32 S relative to the top singular value, the accuracy a dense SVD gives too.
-For k = 1 it is the relative error of sigma_1. The bound is tight (quadratic in the
-residual) when the top Ritz values hold most of ||dW||_F^2, as for the rank-1-dominated
-updates of RL; on a flat spectrum it stays large, honestly (ops/svd_bound.py).
+What the fields promise (all relative to sigma_1; for k = 1 the relative error of sigma_1):
+- err_bound: deterministic. max_i |S_i - sigma_i| / sigma_1 <= err_bound for the exact dW of
+  the inputs, every rounding of the passes counted. Tight (quadratic in the residual) when the
+  top Ritz values hold nearly all of ||dW||_F^2; loose (often > 1) on dense spectra, where no
+  certificate from a trace and residuals can be tight (ops/svd_bound.py).
+- certified: err_bound <= tol.
+- err_estimate: the a-posteriori estimate (ops/svd_estimate.py): residuals refined by the gap
+  to the next Ritz value, as ARPACK/PROPACK report. Not a bound. It can be optimistic only if
+  the Krylov space has missed the top singular direction (a start nearly orthogonal to it) or
+  a cluster hides behind a Ritz value. A gap-free statement from the random start: Kuczynski
+  and Wozniakowski (1992, SIAM J. Matrix Anal. Appl. 13, Thm 4.2) bound, for Lanczos from a
+  uniformly random start on a symmetric PSD n x n matrix after j steps,
+      P(theta_1 < (1 - eps) lambda_1) <= 1.648 sqrt(n) exp(-sqrt(eps) (2 j - 1)).
+  The first column of a cold start is such a start and the basis after j passes contains its
+  j-dimensional Krylov space (before any restart), so with eps ~ 2 x the relative error of S_1:
+  at n = 4096 and 12 passes, S_1 is within 10% of sigma_1 except with probability <= 0.5%,
+  whatever the spectrum. The bound is loose; the gap-dependent rate (Chebyshev in
+  sqrt(gap), svd_krylov.py) is what makes the iteration fast, and it holds for every start
+  with a non-negligible component along v_1: a Gaussian start has |cos(x, v_1)| < d / sqrt(n)
+  with probability <= d sqrt(2/pi).
 
-Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i
->= 0. Signs: the entry of largest magnitude of each u_i (the first such) is positive;
-where S_i = 0, u_i is zero and the same rule applies to v_i. Random starts: member b
-draws from numpy's PCG64 seeded by SeedSequence([seed, b]) (fp32, on the CPU), so its
-start does not depend on the device or on the batch's other members.
+Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i >= 0.
+Signs: the entry of largest magnitude of each u_i (the first such) is positive; where S_i = 0,
+u_i is zero and the same rule applies to v_i. Random starts: member b draws from numpy's PCG64
+seeded by SeedSequence([seed, b]) (fp32, on the CPU), so its start does not depend on the
+device, the batch's other members or the rank.
 """
 
 from __future__ import annotations
@@ -42,36 +57,42 @@ import numpy as np
 import torch
 
 from rlsignals.ops.backends import resolve_backend
+from rlsignals.ops.delta_products import product_backend
 from rlsignals.ops.svd_bound import eigenvalue_bounds, relative_error_bound
-from rlsignals.ops.delta_products import delta_gram_product, product_backend
+from rlsignals.ops.svd_estimate import ritz_estimates
+from rlsignals.ops.svd_krylov import Krylov, pass_rounding, ritz_block
+from rlsignals.ops.svd_rows import Rows
 from rlsignals.ops.svd_validation import check_delta_svd_args
 
 DEFAULT_MAX_ITERS = 64
-# Columns of a narrow certifying pass: when the fp32 estimate says the first 8 Ritz
-# vectors alone certify, the fp64 pass (the dearest: fp64 lanes are half as wide) runs
-# on those 8 columns only, at half the cost of a full block of 16.
+# Basis size: restart (keeping the top KEEP_BLOCKS blocks' worth of Ritz vectors) when one
+# more block would exceed MAX_BASIS_BLOCKS blocks. Realistic deltas converge before that.
+MAX_BASIS_BLOCKS = 12
+KEEP_BLOCKS = 4
+# Columns of a narrow certifying pass: when the fp32 data predict that the first 8 Ritz
+# vectors alone certify, the fp64 pass (the dearest: fp64 lanes are half as wide) runs on
+# those 8 columns only.
 NARROW_CERTIFICATE = 8
 _U32 = 2.0 ** -24
-_U64 = 2.0 ** -53
 
 
 class DeltaSVD(NamedTuple):
     """Top-k singular triplets of after - before. Shapes for a batch of B matrices [m, n];
     an unbatched [m, n] input gives the same without the leading B.
 
-    S: fp32 [B, k], descending. U: fp32 [B, m, k]. V: fp32 [B, n, k].
-    frob: fp32 [B], ||after - before||_F.
-    err_bound: fp32 [B], certified bound on max_i |S_i - sigma_i| / sigma_1 (0 for a zero
-        delta, inf when sigma_1 could not be bounded away from 0).
+    S: fp32 [B, k], descending. U: fp32 [B, m, k] (with a process group: this rank's rows).
+    V: fp32 [B, n, k]. frob: fp32 [B], ||after - before||_F.
+    err_bound: fp32 [B], certified bound on max_i |S_i - sigma_i| / sigma_1 (module
+        docstring; 0 for a zero delta, inf when sigma_1 could not be bounded away from 0).
     iters: int64 [B], passes over the inputs (products) this member took.
     nonfinite: bool [B], True where the delta has a NaN/inf entry or overflows fp32 in the
-        products; that member's S, U, V, frob, err_bound and basis are NaN and the others
-        are unaffected.
-    basis: fp32 [B, n, p], the final iterated block: the certified Ritz vectors (V its
-        first k columns), then, after a narrow certificate (NARROW_CERTIFICATE), the
-        other columns of the block it came from. Pass it as ``init`` for the next
-        checkpoint of the same module: the certificate needs the whole block converged,
-        so a full-block warm start saves far more passes than V alone.
+        products; that member's S, U, V, frob, err_bound, err_estimate and basis are NaN,
+        certified is False, and the others are unaffected.
+    basis: fp32 [B, n, p], the top p Ritz vectors (V its first k columns). Pass it as
+        ``init`` for the next checkpoint of the same module.
+    err_estimate: fp32 [B], a-posteriori estimate of max_i |S_i - sigma_i| / sigma_1 (the
+        residual/gap test of ARPACK-style solvers; not a bound: module docstring).
+    certified: bool [B], err_bound <= tol.
     """
 
     S: torch.Tensor
@@ -82,28 +103,15 @@ class DeltaSVD(NamedTuple):
     iters: torch.Tensor
     nonfinite: torch.Tensor
     basis: torch.Tensor
-
-
-class _RitzStep(NamedTuple):
-    theta: torch.Tensor    # fp64 [b, p] descending
-    vecs: torch.Tensor     # [b, n, p] Ritz vectors, = X coef (the pass's dtype)
-    coef: torch.Tensor     # fp64 [b, p, p]
-    y: torch.Tensor        # [b, m, p] dW X as computed (dW @ vecs = y coef)
-    g_vecs: torch.Tensor   # [b, n, p] G @ vecs (as computed, the pass's dtype)
-    lo: torch.Tensor       # fp64 [b, k] lower bounds on sigma_i^2
-    hi: torch.Tensor       # fp64 [b, k] upper bounds on sigma_i^2
-    frob2: torch.Tensor    # fp64 [b]
-    rtr: torch.Tensor      # fp64 [b, p, p] R^T R, R = g_vecs - vecs diag(theta)
-    vtr: torch.Tensor      # fp64 [b, p, p] vecs^T R
+    err_estimate: torch.Tensor
+    certified: torch.Tensor
 
 
 def default_block_size(k: int, n: int, oversample: int | None) -> int:
     """p = k + oversample, capped at n; by default a multiple of 16 with >= 8 extra columns.
 
-    The certificate (ops/svd_bound.py) is tight only once the top p Ritz values hold all
-    but less than sigma_1^2 of ||dW||_F^2, so noisy deltas need a wide block: at 8
-    columns, deltas whose noise holds most of ||dW||_F^2 no longer certify. 16 columns
-    cost the same per pass as fewer on the CPU kernel (one 16-lane register per row of X).
+    16 columns cost the same per pass as fewer on the CPU kernel (one 16-lane register per
+    row of X), and each pass adds p directions to the Krylov basis.
     """
     p = 16 * math.ceil((k + 8) / 16) if oversample is None else k + oversample
     return min(p, n)
@@ -125,203 +133,238 @@ def start_basis(n: int, p: int, seed: int, members: range, init: torch.Tensor | 
     return torch.linalg.qr(blocks).Q.to(device)
 
 
-def _rounding(frob2: torch.Tensor, orth_err: torch.Tensor | None, m: int, n: int, p: int,
-              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(margin, frob2 to use) for eigenvalue_bounds after a pass in ``dtype``.
-
-    fp64 (certifying): margin >= ||computed G V - exact G V||_2. Every entry of Y, Z is a
-    sum of n resp. m products in any order, so |error| <= (gamma_n + gamma_m + 3u)
-    |dW|^T |dW| |V| entrywise, whose 2-norm is <= (...) ||dW||_F^2 sqrt(p); the fp64
-    small-matrix work (Cholesky, solves, Ritz step) and V's measured departure from
-    orthonormality (orth_err, fp64 passes only) add the rest, with generous constants. frob2 is rounded
-    up by its own bound (squares summed over rows of n, rows in fp64).
-    fp32 (estimating): the typical (square-root) rounding of the pass is taken OFF the
-    residuals and frob2 is rounded down, predicting what the certifying pass will find.
-    """
-    if dtype == torch.float64:
-        margin = frob2 * (math.sqrt(p) * (4 * (m + n + p) + 64) * _U64 + 2 * (orth_err + (n + p) * _U64))
-        return margin, frob2 * (1 + (n + m + 4) * _U64)
-    floor = math.sqrt(p * (m + n)) * _U32
-    return -frob2 * floor, frob2 * (1 - floor)
-
-
-def _ritz_step(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, frob2: torch.Tensor, k: int,
-               dtype: torch.dtype) -> _RitzStep:
-    """Rayleigh-Ritz on span(x) from Y = dW x, Z = G x, and the eigenvalue bounds.
-
-    The [n, p] products run in the pass's dtype (fp64 when certifying; fp32 when
-    estimating, whose rounding sits far below the floor ``_rounding`` takes off), the
-    p x p algebra in fp64.
-    """
-    x, z = x.to(dtype), z.to(dtype)
-    n, p = x.shape[1:]
-    eye = torch.eye(p, dtype=torch.float64, device=x.device)
-    chol = torch.linalg.cholesky((x.mT @ x).double())
-    c0 = torch.linalg.solve_triangular(chol, eye, upper=False).mT               # x L^-T is orthonormal
-    h = c0.mT @ (x.mT @ z).double() @ c0
-    theta, w = torch.linalg.eigh((h + h.mT) / 2)
-    coef = c0 @ w.flip(2)
-    theta = theta.flip(1)
-    vecs, g_vecs = x @ coef.to(dtype), z @ coef.to(dtype)
-    resid = g_vecs - vecs * theta[:, None, :].to(dtype)
-    orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye) if dtype == torch.float64 else None
-    margin, frob2_used = _rounding(frob2, orth_err, y.shape[1], n, p, dtype)
-    rtr, vtr = (resid.mT @ resid).double(), (vecs.mT @ resid).double()
-    lo, hi = eigenvalue_bounds(theta, rtr, vtr, frob2_used, margin, k)
-    return _RitzStep(theta, vecs, coef, y, g_vecs, lo, hi, frob2, rtr, vtr)
-
-
-def _narrow_estimate(step: _RitzStep, m: int, width: int, k: int) -> torch.Tensor:
-    """The fp32 estimate of the bound a certificate on the first ``width`` Ritz vectors
-    alone would give (the same step's numbers, the block cut to width columns)."""
-    n = step.vecs.shape[1]
-    margin, frob2_used = _rounding(step.frob2, None, m, n, width, torch.float32)
-    lo, hi = eigenvalue_bounds(step.theta[:, :width], step.rtr[:, :width, :width], step.vtr[:, :width, :width],
-                               frob2_used, margin, k)
-    return relative_error_bound(step.theta[:, :k].clamp_min(0).sqrt(), lo, hi)
-
-
-def _fix_signs(u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip (u_i, v_i) so the first entry of largest |.| of u_i (of v_i where u_i = 0) is > 0."""
-    ref = torch.where((u.abs().amax(1) > 0)[:, None, :].expand_as(u[:, :1]), u.abs().argmax(1, keepdim=True), -1)
-    pick_u = torch.gather(u, 1, ref.clamp_min(0))
-    pick_v = torch.gather(v, 1, v.abs().argmax(1, keepdim=True))
-    sign = torch.where(ref >= 0, pick_u.sign(), pick_v.sign())
-    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
-    return u * sign, v * sign
-
-
-def _finish(step: _RitzStep, k: int) -> tuple[torch.Tensor, ...]:
-    """Final S, U, V, frob, err_bound, basis (fp32) of certified members."""
-    s = step.theta[:, :k].clamp_min(0).sqrt().float()
-    left = step.y.double() @ step.coef[:, :, :k]
-    norms = torch.linalg.vector_norm(left, dim=1, keepdim=True)
-    u = torch.where(norms > 0, left / torch.where(norms > 0, norms, 1), 0)
-    u, v = _fix_signs(u, step.vecs[:, :, :k])
-    basis = torch.cat([v, step.vecs[:, :, k:]], 2)
-    err = relative_error_bound(s.double(), step.lo, step.hi)
-    err32 = err.float()
-    err32 = torch.where(err32.double() < err, torch.nextafter(err32, torch.full_like(err32, math.inf)), err32)
-    return s, u.float(), v.float(), step.frob2.sqrt().float(), err32, basis.float()
-
-
 def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 1, *, tol: float = 1e-4,
               max_iters: int | None = None, oversample: int | None = None, seed: int = 0,
-              init: torch.Tensor | None = None, backend: str = "auto") -> DeltaSVD:
-    """Top-k singular values and vectors of after - before (or of after alone), certified.
+              init: torch.Tensor | None = None, backend: str = "auto", process_group=None) -> DeltaSVD:
+    """Top-k singular values and vectors of after - before (or of after alone).
 
     after, before: [B, m, n] or [m, n], float32/float16/bfloat16, same shape, dtype and
         device; before=None means the top-k of ``after`` itself. Rows need not be
         contiguous (a copy is made when they are not).
     k: number of triplets, 1 <= k <= min(m, n).
-    tol: stop a member once err_bound (see DeltaSVD) is <= tol.
-    max_iters: passes per member at most (default 64); the last one certifies.
-    oversample: extra columns of the iterated block (default: a block of 16 for k <= 8;
-        see default_block_size).
+    tol: stop a member once err_estimate <= tol and its residuals ||G v_i - S_i^2 v_i|| are
+        <= tol * S_1^2 (module docstring); ``certified`` says whether err_bound met tol too.
+    max_iters: passes per member at most (default 64), the certifying pass included.
+    oversample: extra columns of each block (default: blocks of 16 for k <= 8).
     seed: seeds member b's random start with (seed, b).
     init: [B, n, c] (or [n, c]) warm start, best the ``basis`` of a previous checkpoint's
         result (or its V); the first min(c, p) columns start the block, random columns
         fill the rest.
     backend: "auto", "torch", "cpp", "triton" or "cuda" (the fused product's backend).
+    process_group: a torch.distributed group whose ranks each pass their slab of rows
+        ([B, m_r, n], slabs in rank order; the same n, k, seed, init and options on every
+        rank). Every rank gets the same S, V, frob, err fields, iters and basis, and its
+        slab of U (ops/svd_rows.py).
 
     Returns DeltaSVD; unbatched input gives unbatched output (like torch.linalg).
     """
-    args = check_delta_svd_args(after, before, k, tol, max_iters, oversample, seed, init)
+    args = check_delta_svd_args(after, before, k, tol, max_iters, oversample, seed, init, process_group)
     name = product_backend(resolve_backend(backend, args.after.device), backend)
     max_iters = DEFAULT_MAX_ITERS if args.max_iters is None else args.max_iters
-    out = _solve(args.after, args.before, k, tol, max_iters, oversample, seed, args.init, name)
+    rows = Rows(process_group, args.after.shape[1], args.after.device)
+    out = _solve(args.after, args.before, k, tol, max_iters, oversample, seed, args.init, name, rows)
     if args.unbatched:
         return DeltaSVD(*(t[0] for t in out))
     return out
 
 
+def _round_up(x: torch.Tensor) -> torch.Tensor:
+    """fp32 of fp64 ``x``, never below it."""
+    x32 = x.float()
+    return torch.where(x32.double() < x, torch.nextafter(x32, torch.full_like(x32, math.inf)), x32)
+
+
 class _Outputs:
     """Results being filled in, member by member, as members finish."""
 
-    def __init__(self, num: int, m: int, n: int, k: int, p: int, device: torch.device):
+    def __init__(self, num: int, m: int, n: int, k: int, p: int, device: torch.device, rows: Rows):
         nan = math.nan
+        self.rows = rows
         self.S = torch.full((num, k), nan, device=device)
         self.U = torch.full((num, m, k), nan, device=device)
         self.V = torch.full((num, n, k), nan, device=device)
         self.frob = torch.full((num,), nan, device=device)
         self.err_bound = torch.full((num,), nan, device=device)
+        self.err_estimate = torch.full((num,), nan, device=device)
+        self.certified = torch.zeros(num, dtype=torch.bool, device=device)
         self.iters = torch.zeros(num, dtype=torch.int64)
         self.nonfinite = torch.zeros(num, dtype=torch.bool)
         self.basis = torch.full((num, n, p), nan, device=device)
 
-    def store(self, members: torch.Tensor, step: _RitzStep, k: int, rest: torch.Tensor) -> None:
-        """Results of certified members; ``rest``: the columns of their blocks past the
-        certified width (none for a full-width certificate), kept in ``basis``."""
+    def store(self, members: torch.Tensor, tol: float, scale: torch.Tensor, theta: torch.Tensor,
+              left: torch.Tensor, vecs: torch.Tensor, bound: torch.Tensor, estimate: torch.Tensor,
+              basis: torch.Tensor) -> None:
+        """Results of finished members. theta: fp64 [b, k] Ritz values / scale; left: fp64
+        [b, m_r, k] dW V (this rank's rows); vecs: [b, n, k] V; bound, estimate: fp64 [b]."""
         at = members.to(self.S.device)
-        self.S[at], self.U[at], self.V[at], self.frob[at], self.err_bound[at], basis = _finish(step, k)
-        self.basis[at] = torch.cat([basis, rest], 2)
+        s = torch.sqrt(theta.clamp_min(0) * scale[:, None]).float()
+        norms = self.rows.sum(left.square().sum(1)).sqrt()[:, None, :]
+        u = torch.where(norms > 0, left / torch.where(norms > 0, norms, 1), 0)
+        u, v = _fix_signs(u, vecs.double(), self.rows)
+        err = _round_up(bound)
+        self.S[at], self.U[at], self.V[at] = s, u.float(), v.float()
+        self.frob[at] = scale.sqrt().float()
+        self.err_bound[at], self.err_estimate[at] = err, _round_up(estimate)
+        self.certified[at] = err <= tol
+        self.basis[at] = basis.float()
 
     def result(self) -> DeltaSVD:
         device = self.S.device
         return DeltaSVD(self.S, self.U, self.V, self.frob, self.err_bound, self.iters.to(device),
-                        self.nonfinite.to(device), self.basis)
+                        self.nonfinite.to(device), self.basis, self.err_estimate, self.certified)
 
 
-def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend) -> DeltaSVD:
-    num, m, n = after.shape
+def _fix_signs(u: torch.Tensor, v: torch.Tensor, rows: Rows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip (u_i, v_i) so the first entry of largest |.| of u_i (of v_i where u_i = 0) is > 0."""
+    mag, val = rows.first_largest(u)
+    ref_v = torch.gather(v, 1, v.abs().argmax(1, keepdim=True))[:, 0]
+    sign = torch.where(mag > 0, val.sign(), ref_v.sign())
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)[:, None, :]
+    return u * sign, v * sign
+
+
+class _Certificate(NamedTuple):
+    """A stopped member whose certificate needs the fp64 pass on ``vecs``."""
+
+    members: torch.Tensor     # int64 [b] (CPU)
+    vecs: torch.Tensor        # fp64 [b, n, w] top Ritz vectors to certify with
+    rest: torch.Tensor        # fp32 [b, n, p - w] the next Ritz vectors (kept in basis)
+
+
+def _bound_from(theta, rtr, vtr, margin, frob2, s_hat, k):
+    lo, hi = eigenvalue_bounds(theta, rtr, vtr, frob2, margin, k)
+    return relative_error_bound(s_hat, lo, hi)
+
+
+def _conclude(state: Krylov, members: torch.Tensor, theta, coef, estimate, out: _Outputs, k: int, p: int,
+              tol: float, m: int, certify_possible: torch.Tensor) -> _Certificate | None:
+    """Finish the stopped members of ``state`` from the fp32 data, or queue their fp64 certificate."""
+    n = state.q.shape[1]
+    w = min(state.width, 2 * p)
+    vecs, rtr, vtr, margin = ritz_block(state, coef[:, :, :w], theta[:, :w], m, n)
+    frob2 = 1 + (n + m + 4) * 1.01 * _U32                      # >= ||dW||_F^2 / scale (fp32 pass)
+    s32 = torch.sqrt(theta[:, :k].clamp_min(0) * state.scale[:, None]).float()
+    s_hat = s32.double() / state.scale.sqrt()[:, None]
+    full = torch.full_like(state.scale, frob2)
+    bound = _bound_from(theta[:, :w], rtr, vtr, margin * frob2, full, s_hat, k)
+    predicted = {}
+    for width in sorted({min(NARROW_CERTIFICATE, p), min(p, w)}):
+        if width < k:
+            continue
+        floor = math.sqrt(width * (m + n)) * _U32
+        predicted[width] = _bound_from(theta[:, :width], rtr[:, :width, :width], vtr[:, :width, :width],
+                                       torch.full_like(state.scale, -floor), full * (1 - floor), s_hat, k)
+    pick = torch.full_like(bound, 0, dtype=torch.int64)
+    for width in sorted(predicted, reverse=True):
+        pick = torch.where(predicted[width] <= tol, width, pick)
+    certify = (bound > tol) & (pick > 0) & certify_possible.to(bound.device)
+    now = ~certify
+    if bool(now.any()):
+        left = state.y.double()[now] @ coef[now][:, :, :k]
+        out.store(members[now.cpu()], tol, state.scale[now], theta[now][:, :k], left, vecs[now][:, :, :k],
+                  bound[now], estimate[now], vecs[now][:, :, :p])
+    if not bool(certify.any()):
+        return None
+    width = int(pick[certify].max())  # one width per call: the widest any member needs
+    sel = certify
+    return _Certificate(members[sel.cpu()], vecs[sel][:, :, :width], vecs[sel][:, :, width:p].float())
+
+
+def _certify(after, before, cert: _Certificate, out: _Outputs, k: int, tol: float, m: int, backend: str,
+             rows: Rows) -> None:
+    """The fp64 pass on the queued Ritz vectors, and the results from it (ops/svd_bound.py)."""
+    x = cert.vecs
+    y, z, frob2, finite = rows.product(after, before, x, cert.members, backend)
+    out.iters[cert.members] += 1
+    out.nonfinite[cert.members[~finite]] = True
+    fin = finite.to(x.device)
+    if not bool(fin.any()):
+        return
+    x, y, z, frob2 = x[fin], y[fin], z[fin], frob2[fin]
+    n, w = x.shape[1:]
+    z = z / frob2[:, None, None]
+    eye = torch.eye(w, dtype=torch.float64, device=x.device)
+    chol = torch.linalg.cholesky(x.mT @ x)
+    c0 = torch.linalg.solve_triangular(chol, eye, upper=False).mT             # x c0 is orthonormal
+    h = c0.mT @ (x.mT @ z) @ c0
+    theta, vecs_w = torch.linalg.eigh((h + h.mT) / 2)
+    coef = c0 @ vecs_w.flip(2)
+    theta = theta.flip(1)
+    vecs, g_vecs = x @ coef, z @ coef
+    resid = g_vecs - vecs * theta[:, None, :]
+    orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye)
+    u64 = 2.0 ** -53
+    margin = math.sqrt(w) * pass_rounding(m, n, w, torch.float64) + 2 * (orth_err + (n + w) * u64)
+    f2 = 1 + (n + m + 4) * u64
+    margin = margin * f2
+    s32 = torch.sqrt(theta[:, :k].clamp_min(0) * frob2[:, None]).float()
+    s_hat = s32.double() / frob2.sqrt()[:, None]
+    rtr, vtr = resid.mT @ resid, vecs.mT @ resid
+    bound = _bound_from(theta, rtr, vtr, margin, torch.full_like(frob2, f2), s_hat, k)
+    estimate, _ = ritz_estimates(theta, torch.linalg.vector_norm(resid[:, :, :k], dim=1), k)
+    left = y.double() @ coef[:, :, :k]
+    basis = torch.cat([vecs, cert.rest[fin].double()], 2)
+    out.store(cert.members[finite], tol, frob2, theta[:, :k], left, vecs[:, :, :k], bound, estimate, basis)
+
+
+def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend, rows: Rows) -> DeltaSVD:
+    num, m_local, n = after.shape
     device = after.device
+    m = rows.rows
     p = default_block_size(k, n, oversample)
-    out = _Outputs(num, m, n, k, p, device)
+    out = _Outputs(num, m_local, n, k, p, device, rows)
     if num == 0:
         return out.result()
-    x = start_basis(n, p, seed, range(num), init, device)       # fp32 [num, n, p]
-    narrow = min(p, NARROW_CERTIFICATE) if k < NARROW_CERTIFICATE < p else p
-    running = torch.ones(num, dtype=torch.bool)
-    certify_next = torch.zeros(num, dtype=torch.bool)
-    width = torch.full((num,), p)  # columns of the next certifying pass
-    trigger = torch.full((num,), float(tol), dtype=torch.float64)  # fp32 estimate that calls for a certifying pass
+    block = start_basis(n, p, seed, range(num), init, device)
+    members = torch.arange(num)
+    state: Krylov | None = None
+    certificates = []
     for it in range(1, max_iters + 1):
-        active = torch.nonzero(running).flatten()
-        if active.numel() == 0:
+        y, z, frob2, finite = rows.product(after, before, block, members, backend)
+        out.iters[members] += 1
+        out.nonfinite[members[~finite]] = True
+        fin = finite.to(device)
+        members, block, y, z, frob2 = members[finite], block[fin], y[fin], z[fin], frob2[fin]
+        if state is None:
+            zero = frob2 == 0
+            if bool(zero.any()):
+                _store_zero(out, members[zero.cpu()], block[zero], k, tol, rows)
+            members, block, y, z, frob2 = (t[~zero] for t in (members, block, y, z, frob2))
+            state = Krylov(frob2, n, m_local, device)
+        else:
+            state = state.subset(fin)
+        if members.numel() == 0:
             break
-        certifying = certify_next[active] | (it == max_iters)
-        if it == max_iters:
-            width[active] = p  # the last pass certifies with the whole block
-        passes = [(torch.float32, p, active[~certifying])]
-        passes += [(torch.float64, w, active[certifying & (width[active] == w)]) for w in sorted({narrow, p})]
-        for dtype, cols, group in passes:
-            if group.numel() == 0:
-                continue
-            at = group.to(device)
-            block = x[at, :, :cols]
-            y, z, frob2 = delta_gram_product(after, before, block.to(dtype), group, backend)
-            out.iters[group] += 1
-            # a sum in fp64 is non-finite iff some entry is (fp32 entries cannot overflow it)
-            finite = (torch.isfinite(frob2) & torch.isfinite(y.sum((1, 2), dtype=torch.float64))
-                      & torch.isfinite(z.sum((1, 2), dtype=torch.float64))).cpu()
-            out.nonfinite[group[~finite]] = True
-            running[group[~finite]] = False
-            if not bool(finite.any()):
-                continue
-            fin = finite.to(device)
-            group, at, block = group[finite], at[fin], block[fin]
-            step = _ritz_step(block, y[fin], z[fin], frob2[fin], k, dtype)
-            bound = relative_error_bound(step.theta[:, :k].clamp_min(0).sqrt(), step.lo, step.hi).cpu()
-            done = torch.zeros_like(bound, dtype=torch.bool)
-            if dtype == torch.float64:
-                done = (bound <= tol) | (it == max_iters)
-                keep = done.to(device)
-                out.store(group[done], _take(step, keep), k, x[at[keep], :, cols:])
-                running[group[done]] = False
-                certify_next[group] = False
-                trigger[group[~done]] /= 4  # a failed certificate asks for a 4x better estimate
-            else:
-                ready = bound <= trigger[group]
-                if narrow < p:
-                    ready_narrow = _narrow_estimate(step, m, narrow, k).cpu() <= trigger[group]
-                    width[group] = torch.where(ready_narrow, narrow, p)
-                    ready |= ready_narrow
-                certify_next[group] = ready
-            go_on = ~done.to(device)
-            iterated = torch.cat([step.g_vecs[go_on].float(), x[at[go_on], :, cols:]], 2)
-            x[at[go_on]] = torch.linalg.qr(iterated).Q
+        state.append(block, y, z, pass_rounding(m, n, block.shape[2], torch.float32))
+        theta, coef = state.ritz()
+        resid = state.residuals(coef[:, :, :k], theta[:, :k])
+        estimate, rel_resid = ritz_estimates(theta, resid, k)
+        step = min(p, n - state.width)
+        done = (estimate <= tol) & (rel_resid <= tol)
+        if it == max_iters or step == 0:
+            done = torch.ones_like(done)
+        if bool(done.any()):
+            left_passes = (out.iters[members] < max_iters)[done.cpu()]
+            cert = _conclude(state.subset(done), members[done.cpu()], theta[done], coef[done], estimate[done],
+                             out, k, p, tol, m, left_passes)
+            if cert is not None:
+                certificates.append(cert)
+            go_on = ~done
+            state, members, theta, coef = state.subset(go_on), members[go_on.cpu()], theta[go_on], coef[go_on]
+            if members.numel() == 0:
+                break
+        block = state.next_block(step)
+        if state.width + step > MAX_BASIS_BLOCKS * p:
+            state.restart(coef[:, :, :KEEP_BLOCKS * p])
+    for cert in certificates:
+        _certify(after, before, cert, out, k, tol, m, backend, rows)
     return out.result()
 
 
-def _take(step: _RitzStep, mask: torch.Tensor) -> _RitzStep:
-    return _RitzStep(*(t[mask] for t in step))
+def _store_zero(out: _Outputs, members: torch.Tensor, block: torch.Tensor, k: int, tol: float, rows: Rows):
+    """dW = 0: S = 0, U = 0, V = the start's first k columns, exact (bound and estimate 0)."""
+    b = members.numel()
+    zeros = torch.zeros(b, dtype=torch.float64, device=block.device)
+    left = torch.zeros(b, out.U.shape[1], k, dtype=torch.float64, device=block.device)
+    out.store(members, tol, zeros, torch.zeros(b, k, dtype=torch.float64, device=block.device), left,
+              block[:, :, :k], zeros, zeros, block)

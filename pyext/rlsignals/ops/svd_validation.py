@@ -61,8 +61,21 @@ def _check_init(init: object, after: torch.Tensor, unbatched: bool) -> torch.Ten
     return t
 
 
+def _check_group(group: object) -> None:
+    if group is None:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("process_group was given but torch.distributed is not initialized; "
+                         "call torch.distributed.init_process_group first (or pass process_group=None)")
+    if not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"process_group must be a torch.distributed.ProcessGroup or None, got {type(group).__name__}")
+
+
 def check_delta_svd_args(after: object, before: object, k: object, tol: object, max_iters: object,
-                         oversample: object, seed: object, init: object) -> DeltaSVDArgs:
+                         oversample: object, seed: object, init: object,
+                         process_group: object = None) -> DeltaSVDArgs:
     """Validate delta_svd's arguments; returns batched, row-contiguous views."""
     after = _check_matrix("after", after)
     if before is not None:
@@ -75,7 +88,10 @@ def check_delta_svd_args(after: object, before: object, k: object, tol: object, 
             raise ValueError(f"before is on {before.device} but after is on {after.device}; put them on one device")
     m, n = after.shape[-2:]
     _check_int("k", k, 1)
-    if k > min(m, n):
+    _check_group(process_group)
+    if process_group is not None and k > n:  # m is split over the ranks: only n is known here
+        raise ValueError(f"k must be <= n = {n} for matrices with {n} columns, got {k}")
+    if process_group is None and k > min(m, n):
         raise ValueError(f"k must be <= min(m, n) = {min(m, n)} for matrices of shape [{m}, {n}], got {k}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")

@@ -11,8 +11,9 @@ Three extrapolators with one interface, ``extrapolate(method=...)``:
                features, evaluated at ``target_step``: W_T + (x* - x_T) v_T^T
   two_point    W_0 + a (W_T - W_0) with a = target_step / step_T (or ``factor``)
 
-The result is a loadable HF checkpoint (the latest fitted checkpoint's files,
-with the tracked modules replaced) plus ``extrapolation.json`` recording the
+The result is a loadable HF checkpoint (the latest fitted checkpoint's weights
+with the tracked modules replaced, its config and tokenizer; none of its
+trainer state, which would not match the new weights) plus ``extrapolation.json`` recording the
 method, the fitted checkpoints and, per module, the fit's R^2 in-sample and
 leave-one-out.
 """
@@ -28,11 +29,22 @@ import numpy as np
 import torch
 
 from rlsignals.rank1.alpharl import UPDATES, aligned_features, alpharl_update, linear_in_step
-from rlsignals.io.checkpoints import Checkpoint, write_checkpoint
+from rlsignals.io.checkpoints import Checkpoint, check_shapes, write_checkpoint
+from rlsignals.io.errors import UserError
 from rlsignals.io.tables import read_table
-from rlsignals.rank1.trajectory import Trajectory
+from rlsignals.rank1.trajectory import INDEX, Trajectory
 
 METHODS = ("alpharl", "linear_step", "two_point")
+
+
+def open_trajectory(root: str | Path) -> Trajectory:
+    """Open a trajectory store and check it whole before any work (``Trajectory.verify``:
+    every record file readable with every module) and that it holds a record."""
+    traj = Trajectory.open(root)
+    traj.verify()
+    if not traj.records:
+        raise UserError(f"{Path(root) / INDEX}: holds no checkpoint yet; run `rlsignals rank1` to completion first")
+    return traj
 
 
 def read_accuracy(path: str | Path, step_field: str = "step", acc_field: str = "accuracy") -> dict[int, float]:
@@ -86,9 +98,19 @@ def extrapolate(base: str | Path, traj: Trajectory, out: str | Path, *, method: 
     else:
         steps = traj.steps
         chosen = [i for i, s in enumerate(steps) if fit_steps is None or s in set(fit_steps)]
+        if not chosen:
+            raise UserError(f"fit_steps {list(fit_steps or [])[:10]} match no checkpoint of the trajectory "
+                            f"(its steps: {steps})")
+        if method != "two_point" or factor is None:
+            if any(steps[i] is None for i in chosen):
+                raise UserError("some checkpoints of the trajectory have no step; rerun `rlsignals rank1` with "
+                                "--steps")
     latest = chosen[-1]
     latest_path = traj.records[latest].path
     base_ckpt, latest_ckpt = Checkpoint(base), Checkpoint(latest_path)
+    source = f"the trajectory {traj.root / INDEX}" if traj.root else "the trajectory"
+    check_shapes(base_ckpt, traj.shapes, source)
+    check_shapes(latest_ckpt, traj.shapes, source)
     report: dict[str, Any] = {"method": method, "base": str(base), "fitted_checkpoints": [traj.records[i].path
                                                                                           for i in chosen],
                               "fitted_steps": [traj.steps[i] for i in chosen], "written_from": latest_path,
@@ -120,4 +142,5 @@ def extrapolate(base: str | Path, traj: Trajectory, out: str | Path, *, method: 
         report["modules"][module] = info
     r2s = [m["r2"] for m in report["modules"].values() if "r2" in m and math.isfinite(m["r2"])]
     report["mean_r2"] = float(np.mean(r2s)) if r2s else None
-    return write_checkpoint(latest_ckpt, out, replaced, {"extrapolation.json": json.dumps(report, indent=1) + "\n"})
+    return write_checkpoint(latest_ckpt, out, replaced, {"extrapolation.json": json.dumps(report, indent=1) + "\n"},
+                            command="extrapolate")

@@ -1,11 +1,19 @@
-"""Rank-1 trajectories of RL weight updates over checkpoints, and the rank-1 model.
+"""Rank-1 trajectories of RL weight updates, offline and in-loop, on one code path.
 
-``track_rank1`` reads a base checkpoint W_0 and checkpoints W_1..W_C (streaming,
-one batch of same-shaped matrices at a time), takes the top singular triplet of
-every tracked module's update dW_t = W_t - W_0 with ``delta_svd`` (warm-started
-from the same module's previous checkpoint), and appends it to a ``Trajectory``
-store: resumable, one atomic write per checkpoint. Under torchrun the module
-batches are split across ranks and rank 0 writes.
+``top_triplets`` is that path: for batches of same-shaped modules it loads the
+updates' operands, warm-starts each module from its previous block, calls
+``delta_svd`` (row-sharded with a process group when the weights are) and returns
+store-ready results. ``track_rank1`` (``rlsignals rank1``) drives it over
+checkpoint folders; the in-loop tracker (``rlsignals.trainer.tracker``) over a
+model's parameters.
+
+``track_rank1`` reads a base checkpoint W_0 and checkpoints W_1..W_C, takes the
+top-k singular triplets of every tracked module's update dW_t = W_t - W_0 and
+appends them to a ``Trajectory`` store. Every checkpoint's header (tensor names,
+shapes, dtypes) is checked before the first SVD. It resumes: checkpoints already
+in the store are skipped and the next one starts from the saved warm-start basis,
+so a resumed run equals an uninterrupted one. Under torchrun the module batches
+are split across ranks and rank 0 writes.
 
 ``rank1_model`` writes W_0 + alpha * scale * u_1 v_1^T for every module, with
 scale = ||dW||_F (the paper's rescaling) or sigma_1.
@@ -14,19 +22,86 @@ scale = ||dW||_F (the paper's rescaling) or sigma_1.
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
+from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from rlsignals.io.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, CheckpointError, check_compatible,
+                                      layer_index, module_kind, select_matrices, write_checkpoint)
 from rlsignals.io.distributed import barrier, broadcast_object, merge_dicts, rank_and_world
-from rlsignals.io.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, check_compatible, group_by_shape,
-                                   select_matrices, write_checkpoint)
 from rlsignals.ops.svd import delta_svd
 from rlsignals.rank1.trajectory import Trajectory
+
+Loader = Callable[[Sequence[str]], "tuple[torch.Tensor, torch.Tensor]"]
+SUPPORTED_DTYPES = ("F32", "F16", "BF16")
+
+
+def shape_batches(shapes: Mapping[str, tuple[int, ...]], max_batch_bytes: int = 1 << 30) -> list[list[str]]:
+    """Modules of one shape in batches of at most ``max_batch_bytes`` (the fp32 size of
+    one operand), ordered by module kind then layer within a shape, shapes in first-seen
+    order. The same shapes give the same batches on every rank."""
+    by_shape: dict[tuple[int, ...], list[str]] = defaultdict(list)
+    for name, shape in shapes.items():
+        by_shape[tuple(shape)].append(name)
+    batches = []
+    for shape, group in by_shape.items():
+        per_batch = max(1, max_batch_bytes // (4 * math.prod(shape)))
+        group = sorted(group, key=lambda n: (module_kind(n), layer_index(n) or 0, n))
+        batches += [group[i:i + per_batch] for i in range(0, len(group), per_batch)]
+    return batches
+
+
+def _gather_rows(local: torch.Tensor, group) -> torch.Tensor:
+    """[B, m_r, k] row slabs of every rank of ``group`` -> [B, m, k], in rank order."""
+    import torch.distributed as dist
+
+    slabs: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(slabs, local.cpu(), group=group)
+    return torch.cat(slabs, 1)
+
+
+def top_triplets(batches: Sequence[Sequence[str]], load: Loader, basis: dict[str, torch.Tensor], *, k: int = 1,
+                 tol: float = 1e-4, max_iters: int | None = None, backend: str = "auto", process_group=None,
+                 where: str = "", on_batch: Callable[[], None] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """The top-k singular triplets of every module's update, batch by batch.
+
+    batches: lists of names of same-shaped modules (``shape_batches``).
+    load(batch): (after, before), each [B, m, n] (or this rank's row slab [B, m_r, n]
+        with ``process_group``) on the device to compute on, one dtype.
+    basis: module -> warm-start block [n, p] from its previous result; a batch starts
+        warm when every member has one. Updated in place with the new blocks (CPU).
+    process_group: the weights are row-sharded over this group: delta_svd all-reduces
+        its products, every rank gets the same S, V and basis, and U is gathered from
+        the ranks' slabs (k (m + n) numbers per module, never the weights).
+    Returns module -> {"S" [k], "U" [m, k], "V" [n, k], "frob", "err_bound",
+    "err_estimate", "certified", "iters" (0-d)}, on the CPU. A module whose update holds
+    NaN/inf gets NaN results and a RuntimeWarning naming ``where`` and the module.
+    """
+    sharded = {} if process_group is None else {"process_group": process_group}
+    results: dict[str, dict[str, torch.Tensor]] = {}
+    for batch in batches:
+        after, before = load(batch)
+        init = torch.stack([basis[n] for n in batch]).to(after.device) if all(n in basis for n in batch) else None
+        res = delta_svd(after, before, k=k, tol=tol, max_iters=max_iters, init=init, backend=backend, **sharded)
+        del after, before
+        left = res.U.cpu() if process_group is None else _gather_rows(res.U, process_group)
+        for j, name in enumerate(batch):
+            basis[name] = res.basis[j].cpu()
+            results[name] = {"S": res.S[j].cpu(), "U": left[j], "V": res.V[j].cpu(), "frob": res.frob[j].cpu(),
+                             "err_bound": res.err_bound[j].cpu(), "err_estimate": res.err_estimate[j].cpu(),
+                             "certified": res.certified[j].cpu(), "iters": res.iters[j].cpu()}
+            if bool(res.nonfinite[j]):
+                warnings.warn(f"{where}: the update of {name} holds NaN/inf; its trajectory entry is NaN",
+                              RuntimeWarning, stacklevel=2)
+        if on_batch is not None:
+            on_batch()
+    return results
 
 
 def checkpoint_step(path: str | Path) -> int | None:
@@ -35,19 +110,58 @@ def checkpoint_step(path: str | Path) -> int | None:
     path = Path(path)
     state = path / "trainer_state.json"
     if state.exists():
-        step = json.loads(state.read_text()).get("global_step")
+        try:
+            step = json.loads(state.read_text()).get("global_step")
+        except (json.JSONDecodeError, AttributeError) as exc:
+            raise CheckpointError(f"{state}: not a trainer state (truncated or not JSON: {exc})") from None
         if step is not None:
             return int(step)
     match = re.search(r"(\d+)$", path.name)
     return int(match.group(1)) if match else None
 
 
+def _check_settings(k: object, tol: object, max_iters: object) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
+    if max_iters is not None and (isinstance(max_iters, bool) or not isinstance(max_iters, int) or max_iters < 1):
+        raise ValueError(f"max_iters must be an int >= 1 or None, got {max_iters!r}")
+
+
+def _check_header(base: Checkpoint, ckpt: Checkpoint, names: Sequence[str], k: int) -> None:
+    """Names, shapes (and model_type) as the base's; dtypes delta_svd reads; k fits."""
+    check_compatible(base, ckpt, names)
+    for name in names:
+        dtype = ckpt.dtype(name)
+        if dtype not in SUPPORTED_DTYPES:
+            raise CheckpointError(f"{ckpt.path}: tensor {name!r} has dtype {dtype}, expected one of "
+                                  f"{', '.join(SUPPORTED_DTYPES)}")
+        if k > min(ckpt.shape(name)):
+            raise ValueError(f"k={k} exceeds min(m, n) of {name!r}, shape {ckpt.shape(name)}")
+
+
+def _loader(after: Checkpoint, before: Checkpoint, device: str) -> Loader:
+    def load(batch: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.stack([after.get(n) for n in batch])
+        b = torch.stack([before.get(n) for n in batch])
+        if a.dtype != b.dtype:  # e.g. a bf16 checkpoint against an fp32 base: compare in fp32
+            a, b = a.float(), b.float()
+        return a.to(device), b.to(device)
+    return load
+
+
 def track_rank1(base: str | Path, checkpoints: Sequence[str | Path], out: str | Path, *,
                 steps: Sequence[int] | None = None, include: str = DEFAULT_INCLUDE,
-                exclude: str | None = DEFAULT_EXCLUDE, device: str = "cpu", tol: float = 1e-4,
+                exclude: str | None = DEFAULT_EXCLUDE, k: int = 1, device: str = "cpu", tol: float = 1e-4,
                 max_iters: int | None = None, backend: str = "auto", max_batch_bytes: int = 1 << 30,
                 progress: bool = True) -> Trajectory:
-    """Append the rank-1 triplet of every tracked module for each checkpoint not yet in ``out``."""
+    """Append the top-k triplets of every tracked module for each checkpoint not yet in
+    ``out`` (a ``Trajectory`` store; see the module docstring). Returns the store;
+    ``certified_count()`` says how many modules the certificate covered."""
+    _check_settings(k, tol, max_iters)
+    if not checkpoints:
+        raise ValueError("checkpoints is empty: give at least one checkpoint folder")
     if steps is not None and len(steps) != len(checkpoints):
         raise ValueError(f"got {len(steps)} steps for {len(checkpoints)} checkpoints")
     rank, world = rank_and_world()
@@ -56,36 +170,28 @@ def track_rank1(base: str | Path, checkpoints: Sequence[str | Path], out: str | 
     if not names:
         raise ValueError(f"{base}: no tensor matches include={include!r} / exclude={exclude!r}")
     shapes = {n: base_ckpt.shape(n) for n in names}
-    traj = Trajectory.open_or_create(out, str(Path(base)), shapes) if rank == 0 else None
+    ckpts = [Checkpoint(path) for path in checkpoints]  # every header before the first SVD
+    for ckpt in [base_ckpt, *ckpts]:
+        _check_header(base_ckpt, ckpt, names, k)
+    labels = [str(Path(path)) for path in checkpoints]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ValueError(f"checkpoint {twice[0]} is given twice; list each checkpoint once")
+    record_steps = list(steps) if steps is not None else [checkpoint_step(path) for path in checkpoints]
+    traj = Trajectory.open_or_create(out, str(Path(base)), shapes, k=k, tol=tol) if rank == 0 else None
     done = broadcast_object({r.path for r in traj.records} if traj else set(), world)
-    batches = group_by_shape(base_ckpt, names, max_batch_bytes)[rank::world]
-    todo = [(i, c) for i, c in enumerate(checkpoints) if str(Path(c)) not in done]
-    basis: dict[str, torch.Tensor] = {}
+    batches = shape_batches(shapes, max_batch_bytes)[rank::world]
+    mine = [n for batch in batches for n in batch]
+    basis = Trajectory.open(out).latest_basis(mine) if done else {}
+    todo = [i for i, label in enumerate(labels) if label not in done]
     bar = tqdm(total=len(todo) * len(batches), desc="rank-1 of updates", unit="batch", disable=not progress or rank)
-    for i, path in todo:
-        ckpt = Checkpoint(path)
-        check_compatible(base_ckpt, ckpt, names)
-        results: dict[str, tuple] = {}
-        for batch in batches:
-            after = torch.stack([ckpt.get(n) for n in batch]).to(device)
-            before = torch.stack([base_ckpt.get(n) for n in batch]).to(device)
-            init = torch.stack([basis[n] for n in batch]).to(device) if all(n in basis for n in batch) else None
-            res = delta_svd(after, before, k=1, tol=tol, max_iters=max_iters, init=init, backend=backend)
-            for j, n in enumerate(batch):
-                basis[n] = res.basis[j].cpu()
-                results[n] = (float(res.S[j, 0]), float(res.frob[j]), float(res.err_bound[j]), int(res.iters[j]),
-                              res.U[j, :, 0].cpu(), res.V[j, :, 0].cpu())
-                if bool(res.nonfinite[j]):
-                    warnings.warn(f"{path}: the update of {n} holds NaN/inf; its trajectory entry is NaN",
-                                  RuntimeWarning, stacklevel=2)
-            bar.update(1)
+    for i in todo:
+        results = top_triplets(batches, _loader(ckpts[i], base_ckpt, device), basis, k=k, tol=tol,
+                               max_iters=max_iters, backend=backend, where=labels[i], on_batch=lambda: bar.update(1))
         results = merge_dicts(results, world)
+        kept = merge_dicts({n: basis[n] for n in mine}, world)
         if rank == 0:
-            step = steps[i] if steps is not None else checkpoint_step(path)
-            scalars = {key: {n: results[n][j] for n in names} for j, key in enumerate(("sigma", "frob", "err_bound",
-                                                                                       "iters"))}
-            traj.add(str(Path(path)), step, scalars, {n: results[n][4] for n in names},
-                     {n: results[n][5] for n in names})
+            traj.add(labels[i], record_steps[i], results, kept)
     bar.close()
     barrier(world)
     return traj if rank == 0 else Trajectory.open(out)
@@ -94,17 +200,25 @@ def track_rank1(base: str | Path, checkpoints: Sequence[str | Path], out: str | 
 def rank1_model(base: str | Path, trajectory: Trajectory, out: str | Path, *, checkpoint: int = -1,
                 alpha: float = 1.0, scale: str = "frob") -> Path:
     """Write W_0 + alpha * scale * u_1 v_1^T for every tracked module (the trajectory's
-    entry ``checkpoint``); scale = "frob" (||dW||_F, the paper's) or "sigma" (sigma_1)."""
+    record ``checkpoint``); scale = "frob" (||dW||_F, the paper's) or "sigma" (sigma_1)."""
     if scale not in ("frob", "sigma"):
         raise ValueError(f"scale must be 'frob' or 'sigma', got {scale!r}")
-    if not trajectory.records:
-        raise ValueError("the trajectory holds no checkpoint")
+    count = len(trajectory.records)
+    if not count:
+        raise ValueError(f"the trajectory at {trajectory.root} holds no checkpoint")
+    if isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or not -count <= checkpoint < count:
+        raise ValueError(f"checkpoint must be an index in [{-count}, {count}) of the trajectory's {count} "
+                         f"checkpoints, got {checkpoint!r}")
     base_ckpt = Checkpoint(base)
-    record = trajectory.records[checkpoint]
+    for module, shape in trajectory.shapes.items():
+        if module not in base_ckpt.files:
+            raise CheckpointError(f"{base_ckpt.path}: tensor {module!r} of the trajectory is missing")
+        if base_ckpt.shape(module) != shape:
+            raise CheckpointError(f"{base_ckpt.path}: tensor {module!r} has shape {base_ckpt.shape(module)}, "
+                                  f"the trajectory's is {shape}")
     replaced = {}
     for module in trajectory.modules:
         u, v = trajectory.vectors(module)
-        u, v = u[checkpoint], v[checkpoint]
-        size = record.scalars[scale][module]
-        replaced[module] = base_ckpt.get(module).float() + alpha * size * torch.outer(u, v)
-    return write_checkpoint(base_ckpt, out, replaced)
+        size = float(trajectory.scalar(scale, module)[checkpoint])
+        replaced[module] = base_ckpt.get(module).float() + alpha * size * torch.outer(u[checkpoint], v[checkpoint])
+    return write_checkpoint(base_ckpt, out, replaced, command="rank1-model")

@@ -22,15 +22,20 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from rlsignals.io.errors import UserError
 from rlsignals.io.tables import read_table
 
 PROBES = ("x", "Quantum 12345 ?!")
 
 
 def load_rows(path: str | Path, prompt_field: str = "prompt") -> list[dict[str, Any]]:
-    """Rows of a .jsonl/.json/.csv/.parquet file; each must hold a non-empty string prompt."""
+    """Rows of a .jsonl/.json/.csv/.parquet file: at least one, each with a non-empty string prompt."""
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such data file (expected .jsonl/.json/.csv/.parquet with one prompt per row)")
     rows = read_table(path, "data")
+    if not rows:
+        raise UserError(f"{path}: holds no rows; expected one prompt per row in field {prompt_field!r}")
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or prompt_field not in row:
             raise ValueError(f"{path}: row {i} has no {prompt_field!r} field "

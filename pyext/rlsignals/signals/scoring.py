@@ -8,7 +8,9 @@ the last decoder layer's mlp.up_proj) gives hidden states h; then
     inter = mean_{i in question, j in prefix} cos(h_i, h_j)
     score = intra_weight * intra + inter_weight * inter
 
-(the paper: weights 1 and 1; the released code: 1 and 8). Prompts are sorted by
+(the paper: weights 1 and 1; the released code: 1 and 8). ``mode="released"``
+swaps intra/inter for the released scorer's quantities (``released_angle``:
+flawed, for comparison only). Prompts are sorted by
 length and batched under a token budget to keep padding small; the padded
 batch is scored in place by ``angle_stats_spans`` (padding and suffix rows are
 ignored), and the forward stops at the hook. Results stream to a partial file,
@@ -31,10 +33,37 @@ import torch
 from torch import nn
 
 from rlsignals.io.distributed import barrier, rank_and_world
+from rlsignals.io.errors import UserError
 from rlsignals.ops.angle import angle_stats_spans
 from rlsignals.signals.capture import StopForward, capture_input, resolve_module
 from rlsignals.signals.prompts import PromptTemplate, TemplateBounds, load_few_shot, load_rows
 from rlsignals.io.tables import check_table_path, read_jsonl_tolerant, write_table
+
+
+SCORE_MODES = ("exact", "released")
+
+
+def released_angle(hidden: torch.Tensor, prefix_len: int, suffix_len: int) -> tuple[float, float]:
+    """The released GAIN-RL scorer's (intra, inter) of one prompt's hidden states
+    [m, d], reproduced as it computes them, flaws included (comparison only).
+
+    It forms the m x m cosine matrix C (fp32), zeroes the entries above the first
+    superdiagonal (j > i + 1: the tril mask keeps one future token), then slices
+    rows twice: A = C[P:m-S] (P = prefix_len, S = suffix_len; the released code
+    hard-codes P = 110, S = 6), intra = mean of A[P:len(A)-S], inter = mean of
+    A[:P], each mean over ALL m columns, zeroed entries included. So "intra" is
+    rows 2P .. m-2S-1 against every token and "inter" rows P .. 2P-1 against
+    every token, not the question/question and question/prefix blocks; intra is
+    NaN whenever the question (with the suffix) has at most P + S tokens. Its
+    score is intra + 8 * inter (``inter_weight=8``)."""
+    m = hidden.shape[0]
+    if prefix_len < 0 or not 0 < suffix_len < m:
+        raise ValueError(f"released_angle needs prefix_len >= 0 and 0 < suffix_len < m={m}, got "
+                         f"{prefix_len}, {suffix_len}")
+    unit = torch.nn.functional.normalize(hidden.float(), dim=-1)
+    cos = torch.tril(unit @ unit.T, diagonal=1)
+    rows = cos[prefix_len:m - suffix_len]
+    return float(rows[prefix_len:rows.shape[0] - suffix_len].mean()), float(rows[:prefix_len].mean())
 
 
 @dataclasses.dataclass
@@ -53,8 +82,11 @@ class ScoreConfig:
     padding_side: str = "right"
     exclude_diagonal: bool = False
     backend: str = "auto"
+    mode: str = "exact"                # "exact" or "released" (see released_angle; comparison only)
 
     def __post_init__(self) -> None:
+        if self.mode not in SCORE_MODES:
+            raise ValueError(f"mode must be one of {SCORE_MODES}, got {self.mode!r}")
         if self.on_long not in ("error", "truncate"):
             raise ValueError(f"on_long must be 'error' or 'truncate', got {self.on_long!r}")
         if self.padding_side not in ("left", "right"):
@@ -144,6 +176,10 @@ def score_batch(model: nn.Module, module: nn.Module, batch: Sequence[EncodedProm
         stats = angle_stats_spans(hidden.reshape(-1, hidden.shape[-1]), starts, splits, ends,
                                   exclude_diagonal=config.exclude_diagonal, backend=config.backend)
         captured["intra"], captured["inter"] = stats.intra.cpu(), stats.inter.cpu()
+        if config.mode == "released":
+            released = [released_angle(hidden[row, pad:pad + len(p.ids)], p.prefix_len, len(p.ids) - p.question_end)
+                        for row, (p, pad) in enumerate(zip(batch, pads))]
+            captured["intra"], captured["inter"] = (torch.tensor(v, dtype=torch.float64) for v in zip(*released))
 
     with torch.inference_mode(), capture_input(module, on_hidden):
         try:
@@ -189,20 +225,106 @@ def _fingerprint(**parts: Any) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+HUB_PREFIX = "hub:"
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_model_source(model: str | Path) -> tuple[str, bool]:
+    """(what to pass to ``from_pretrained``, whether it is a local folder). A local
+    folder must hold config.json, weights and a tokenizer; a Hub model is only
+    used when asked for explicitly as ``hub:org/name``, so a mistyped path never
+    goes to the network."""
+    text = str(model)
+    if text.startswith(HUB_PREFIX):
+        repo = text[len(HUB_PREFIX):]
+        if not repo:
+            raise UserError(f"model {text!r}: expected a Hub id after {HUB_PREFIX!r}, e.g. hub:Qwen/Qwen2.5-0.5B")
+        return repo, False
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        found = "no such folder" if not path.exists() else "a file, not a folder"
+        raise UserError(f"model {text!r}: {found}; expected a local transformers model folder (a path that is not "
+                        f"a folder is never sent to the Hugging Face Hub; ask for a Hub model explicitly: "
+                        f"--model {HUB_PREFIX}org/name)")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: no config.json; expected a transformers model folder (config.json, weights, "
+                        "tokenizer)")
+    if not any(any(path.glob(pattern)) for pattern in WEIGHT_FILES):
+        raise UserError(f"{path}: holds no weights (expected model.safetensors, sharded *.safetensors or "
+                        "pytorch_model*.bin)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{path}: holds no tokenizer (expected one of {', '.join(TOKENIZER_FILES)}); save it "
+                        "there with tokenizer.save_pretrained")
+    return str(path), True
+
+
 def load_model(model: str | Path | nn.Module, tokenizer: Any = None, device: str = "auto", dtype: str = "auto"):
-    """A transformers causal LM and its tokenizer, on the chosen device."""
+    """A transformers causal LM and its tokenizer, on the chosen device. A string or
+    path is a local folder, or ``hub:org/name`` for a Hub model (``resolve_model_source``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if dtype not in DTYPES:
+        raise UserError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     rank_device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
     device = rank_device if device == "auto" else device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA device; use cpu")
     torch_dtype = (torch.bfloat16 if device.startswith("cuda") else torch.float32) if dtype == "auto" \
         else getattr(torch, dtype)
     if isinstance(model, (str, Path)):
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-        model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+        source, local = resolve_model_source(model)
+        try:
+            tokenizer = tokenizer or AutoTokenizer.from_pretrained(source, local_files_only=local)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, local_files_only=local)
+        except (OSError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{source}: transformers cannot load it as a causal LM: {first}") from exc
     elif tokenizer is None:
         raise ValueError("pass the tokenizer together with a model object")
     return model.to(device).eval(), tokenizer
+
+
+def _read_partial(partial: Path, fingerprint: str, restart: bool) -> dict[int, dict]:
+    """Rows already scored by an earlier run with the same settings (index -> row).
+    The partial file of a run that failed (its header records the error) is
+    discarded when the settings changed; that of an interrupted run is kept and
+    the rerun refused, so its results are never lost silently."""
+    if restart or not partial.exists():
+        return {}
+    try:
+        lines = iter(read_jsonl_tolerant(partial))
+        header = next(lines, None)
+        kept = list(lines) if isinstance(header, dict) and header.get("rlsignals_partial") == fingerprint else []
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{partial}: a line is not valid JSON ({exc.msg}); delete it or pass restart=True "
+                        "(--restart)") from None
+    if not isinstance(header, dict) or "rlsignals_partial" not in header:
+        raise UserError(f"{partial}: not a partial file of `rlsignals score`; move it away or pass restart=True "
+                        "(--restart)")
+    if header["rlsignals_partial"] == fingerprint:
+        return {row["index"]: row for row in kept}
+    if header.get("failed"):
+        warnings.warn(f"{partial}: discarding the partial results of a failed run with other settings "
+                      f"({header['failed']})", RuntimeWarning, stacklevel=3)
+        return {}
+    raise UserError(f"{partial} holds results of an interrupted run with other settings; rerun with those settings "
+                    "to resume it, or pass restart=True (--restart) to discard them")
+
+
+def _record_failure(partial: Path, fingerprint: str, exc: Exception) -> None:
+    """Mark the partial file as that of a failed run (or remove it when it holds no row),
+    so a rerun with corrected settings replaces it instead of refusing it."""
+    try:
+        rows = list(read_jsonl_tolerant(partial))[1:] if partial.exists() else []
+        if not rows:
+            partial.unlink(missing_ok=True)
+            return
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        write_table([{"rlsignals_partial": fingerprint, "failed": reason}, *rows], partial)
+    except (OSError, ValueError):  # the original error is the one to report
+        pass
 
 
 def score_dataset(model: str | Path | nn.Module, data: str | Path, out: str | Path, *, tokenizer: Any = None,
@@ -216,6 +338,8 @@ def score_dataset(model: str | Path | nn.Module, data: str | Path, out: str | Pa
 
     Resumable: rows stream to ``<out>.partial[.rankR].jsonl``; a rerun with the
     same settings skips the prompts already scored (``restart=True`` starts over).
+    A run that fails records it in that file's header: a rerun with other settings
+    then replaces it (an interrupted run's file is never replaced silently).
     ``ordered_data``: also write the dataset's rows sorted by rank, with the score
     columns added (for trainers that read data in file order, e.g. verl >= 0.8
     with shuffle off). Returns the rows (on every rank).
@@ -236,34 +360,32 @@ def score_dataset(model: str | Path | nn.Module, data: str | Path, out: str | Pa
                                config=dataclasses.asdict(config), world=world)
 
     partial = out.with_name(out.name + (f".partial.rank{rank}.jsonl" if world > 1 else ".partial.jsonl"))
-    done: dict[int, dict] = {}
-    if partial.exists() and not restart:
-        lines = iter(read_jsonl_tolerant(partial))
-        header = next(lines, None)
-        if header != {"rlsignals_partial": fingerprint}:
-            raise ValueError(f"{partial} holds results of a run with other settings; delete it or pass restart=True "
-                             "(--restart)")
-        done = {row["index"]: row for row in lines}
+    done = _read_partial(partial, fingerprint, restart)
+    resolve_module(model, config.module)  # a bad module fails here, before anything is written
     mine = [i for i in range(rank, len(rows), world) if i not in done]
     # (re)write the partial file whole: the header and the rows kept, without a line an interruption cut off
-    partial.parent.mkdir(parents=True, exist_ok=True)
     write_table([{"rlsignals_partial": fingerprint}, *done.values()], partial)
-    with partial.open("a") as sink, tqdm(total=len(mine), desc="scoring prompts", unit="prompt",
-                                         disable=not progress or rank != 0) as bar:
-        for batch_rows in score_prompts(model, template, [rows[i][prompt_field] for i in mine], config, mine):
-            sink.writelines(json.dumps(row) + "\n" for row in batch_rows)
-            sink.flush()
-            bar.update(len(batch_rows))
+    try:
+        with partial.open("a") as sink, tqdm(total=len(mine), desc="scoring prompts", unit="prompt",
+                                             disable=not progress or rank != 0) as bar:
+            for batch_rows in score_prompts(model, template, [rows[i][prompt_field] for i in mine], config, mine):
+                sink.writelines(json.dumps(row) + "\n" for row in batch_rows)
+                sink.flush()
+                bar.update(len(batch_rows))
 
-    barrier(world)
-    partials = [out.with_name(out.name + f".partial.rank{r}.jsonl") for r in range(world)] if world > 1 else [partial]
-    scored = add_ranks([row for path in partials for row in list(read_jsonl_tolerant(path))[1:]])
-    if rank == 0:
-        write_table(scored, out)
-        if ordered_data is not None:
-            extra = ("intra", "inter", "score", "rank")
-            write_table([{**rows[r["index"]], **{k: r[k] for k in extra}}
-                         for r in sorted(scored, key=lambda r: r["rank"])], ordered_data)
+        barrier(world)
+        partials = [out.with_name(out.name + f".partial.rank{r}.jsonl") for r in range(world)] if world > 1 \
+            else [partial]
+        scored = add_ranks([row for path in partials for row in list(read_jsonl_tolerant(path))[1:]])
+        if rank == 0:
+            write_table(scored, out)
+            if ordered_data is not None:
+                extra = ("intra", "inter", "score", "rank")
+                write_table([{**rows[r["index"]], **{k: r[k] for k in extra}}
+                             for r in sorted(scored, key=lambda r: r["rank"])], ordered_data)
+    except Exception as exc:
+        _record_failure(partial, fingerprint, exc)
+        raise
     barrier(world)
     if rank == 0:
         for path in partials:

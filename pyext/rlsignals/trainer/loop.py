@@ -2,7 +2,9 @@
 policy-gradient update, feedback to the sampler, (optionally) the AlphaRL
 tracker; metrics per step and resumable HF checkpoints.
 
-Fully on-policy by default (one update per batch of rollouts). Faults:
+Fully on-policy by default (one update per batch of rollouts); data parallel
+under torchrun (``parallel.py``); the live angle signal from the training
+forward (``live_angles.py``). Faults:
 a reward function that raises on a sample gives that sample reward 0 and a
 logged warning, and the step goes on; a non-finite loss stops the run with
 ``NonFiniteLossError`` before any weight changes, and the last checkpoint
@@ -13,10 +15,13 @@ step), so an interrupted run continues as if it never stopped.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
+import math
 import random
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,14 +29,16 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rlsignals.io.atomic import atomic_folder
 from rlsignals.signals.samplers import GainRLSampler, UniformSampler
 from rlsignals.trainer.advantages import group_advantages
 from rlsignals.trainer.correction import is_weights
+from rlsignals.trainer.live_angles import LiveAngles
 from rlsignals.trainer.loss import completion_logprobs, policy_loss
-from rlsignals.trainer.rollout import hf_rollouts
+from rlsignals.trainer.parallel import Parallel
+from rlsignals.trainer.rollout import hf_rollouts, mix_seed
 
 STATE_FILE = "trainer_state.json"
+ANGLE_SIGNALS = ("precomputed", "live")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -57,29 +64,52 @@ class RLConfig:
     is_cap: float = 2.0
     sampler: str = "uniform"         # uniform | gain_rl (needs scores)
     sampler_options: dict = dataclasses.field(default_factory=dict)
+    angle_signal: str = "precomputed"  # precomputed (the scores) | live (from the training forward) for GAIN-RL
     save_every: int = 0              # steps between checkpoints (0: only at the end)
     seed: int = 0
 
 
 RewardFn = Callable[[str, dict], float]
 StepHook = Callable[["RLTrainer", dict], None]
-RolloutEngine = Callable[..., Any]  # (model, tokenizer, prompts, generations, *, max_new_tokens, temperature) -> Rollouts
+RolloutEngine = Callable[..., Any]  # (model, tokenizer, prompts, generations, *, max_new_tokens, temperature, keys) -> Rollouts
 
 
 class RLTrainer:
     """RL on ``rows`` (dataset rows) whose prompts ``render(row)`` turns into token ids,
     rewarded by ``reward_fn(completion_text, row)``. Rollouts come from HF generate, or
-    from ``rollout`` (e.g. a ``VLLMRollout``)."""
+    from ``rollout`` (e.g. a ``VLLMRollout``).
+
+    ``parallel`` (a ``Parallel``, under torchrun): every rank draws the same prompts
+    (the sampler is seeded), takes a contiguous share of them (prompts_per_step must
+    divide evenly), generates and rewards all G completions of its prompts (so group
+    advantages are local), and its loss is its share of the global token mean.
+    Completions are keyed by (seed, step, prompt), so a run on any number of ranks
+    draws the same completions as one process.
+
+    ``live_angles`` (a ``LiveAngles``): each step's prompts get their angle signal from
+    the training forward, logged as ``angle_live_*``; ``config.angle_signal = "live"``
+    feeds its batch mean to the GAIN-RL update instead of the precomputed scores.
+    """
 
     def __init__(self, model, tokenizer, rows: Sequence[dict], render: Callable[[dict], list[int]],
                  reward_fn: RewardFn, config: RLConfig, output_dir: str | Path, *,
                  scores: Sequence[float] | None = None, hooks: Sequence[StepHook] = (),
-                 rollout: RolloutEngine = hf_rollouts):
+                 rollout: RolloutEngine = hf_rollouts, parallel: Parallel | None = None,
+                 live_angles: LiveAngles | None = None):
         self.model, self.tokenizer, self.rows = model, tokenizer, list(rows)
         self.render, self.reward_fn, self.config = render, reward_fn, config
         self.output_dir = Path(output_dir)
         self.hooks = list(hooks)
         self.rollout = rollout
+        self.parallel = parallel or Parallel()
+        self.live_angles = live_angles
+        if config.angle_signal not in ANGLE_SIGNALS:
+            raise ValueError(f"angle_signal must be one of {ANGLE_SIGNALS}, got {config.angle_signal!r}")
+        if config.angle_signal == "live" and live_angles is None:
+            raise ValueError("angle_signal='live' needs live_angles=LiveAngles(...)")
+        if config.prompts_per_step % self.parallel.world:
+            raise ValueError(f"prompts_per_step ({config.prompts_per_step}) must be a multiple of the number of "
+                             f"ranks ({self.parallel.world})")
         if config.sampler == "gain_rl":
             if scores is None:
                 raise ValueError("sampler='gain_rl' needs one angle score per row (scores=...)")
@@ -89,8 +119,11 @@ class RLTrainer:
         else:
             raise ValueError(f"sampler must be 'uniform' or 'gain_rl', got {config.sampler!r}")
         self.scores = None if scores is None else torch.as_tensor(scores, dtype=torch.float64)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
         self.reference = copy.deepcopy(model).eval().requires_grad_(False) if config.kl_coef > 0 else None
+        self.train_module = self.parallel.wrap(model)
+        self.optimizer = torch.optim.AdamW(self.train_module.parameters(), lr=config.lr, weight_decay=0.0)
+        # the shared-prefix forward makes a rank-dependent number of module calls: one process only
+        self.min_shared = 16 if self.parallel.world == 1 else 1 << 62
         self.step = 0
         self.history: list[dict[str, Any]] = []
 
@@ -109,43 +142,76 @@ class RLTrainer:
                 rewards.append(0.0)
         return torch.tensor(rewards).view(-1, g), failures
 
+    def my_prompts(self, indices: list[int]) -> list[int]:
+        """This rank's contiguous share of the step's prompts."""
+        share = len(indices) // self.parallel.world
+        return indices[self.parallel.rank * share:(self.parallel.rank + 1) * share]
+
     def train_step(self) -> dict[str, Any]:
-        cfg = self.config
+        cfg, par = self.config, self.parallel
         indices = self.sampler.draw()
-        self.model.eval()
-        rollouts = self.rollout(self.model, self.tokenizer, [self.render(self.rows[i]) for i in indices],
-                                cfg.generations, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
-        rewards, failures = self._rewards(rollouts.texts, indices)
+        mine = self.my_prompts(indices)
+        keys = [mix_seed(cfg.seed, self.step + 1, i) for i in mine]
+        policy = par.full_model()
+        policy.eval()
+        rollouts = self.rollout(policy, self.tokenizer, [self.render(self.rows[i]) for i in mine],
+                                cfg.generations, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                keys=keys)
+        rewards, failures = self._rewards(rollouts.texts, mine)
         advantages = group_advantages(rewards, cfg.advantage).flatten()
-        self.model.train()
+        self.train_module.train()
         args = (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids, rollouts.completion_mask)
-        logp = completion_logprobs(self.model, *args, temperature=cfg.temperature)
+        capture = self.live_angles.capture() if self.live_angles is not None else contextlib.nullcontext()
+        with capture:
+            logp = completion_logprobs(self.train_module, *args, temperature=cfg.temperature,
+                                       min_shared=self.min_shared)
+        live = None
+        if self.live_angles is not None:
+            live = self.live_angles.compute(rollouts.prompt_ids, rollouts.prompt_mask,
+                                            range(0, len(mine) * cfg.generations, cfg.generations), self.min_shared)
         mask = rollouts.completion_mask.to(logp.device)
-        weights = is_weights(logp, rollouts.rollout_logp.to(logp.device), mask, mode=cfg.is_mode,
-                             level=cfg.is_level, cap=cfg.is_cap)
+        rollout_logp = rollouts.rollout_logp.to(logp.device)
+        weights = is_weights(logp, rollout_logp, mask, mode=cfg.is_mode, level=cfg.is_level, cap=cfg.is_cap)
         ref_logp = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logp = completion_logprobs(self.reference, *args, temperature=cfg.temperature)
+                ref_logp = completion_logprobs(self.reference, *args, temperature=cfg.temperature,
+                                               min_shared=self.min_shared)
+        num_tokens, = par.all_sum([float(mask.sum())])
         loss, metrics = policy_loss(logp, logp.detach(), advantages.to(logp.device), weights, mask,
-                                    clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, ref_logp=ref_logp)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(f"step {self.step + 1}: the loss is {float(loss.detach())}; stopped before updating the "
-                                     f"weights. The last good checkpoint is {self.latest_checkpoint() or 'none'}.")
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                                    clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, ref_logp=ref_logp,
+                                    num_tokens=num_tokens)
+        log_ratio = ((logp.detach() - rollout_logp) * mask).sum()
+        sums = par.all_sum([metrics["loss"], metrics["kl"], metrics["clip_frac"], float(rewards.sum()), failures,
+                            float((weights * mask).sum()), float(log_ratio)])
+        metrics = {"loss": sums[0], "kl": sums[1], "clip_frac": sums[2]}
+        if not math.isfinite(metrics["loss"]):
+            raise NonFiniteLossError(f"step {self.step + 1}: the loss is {metrics['loss']}; stopped before updating "
+                                     f"the weights. The last good checkpoint is {self.latest_checkpoint() or 'none'}.")
+        (loss * par.world).backward()  # the ranks' gradients are averaged: each adds its share of the global mean
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.train_module.parameters(), cfg.max_grad_norm)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        accuracy = float(rewards.mean())
-        self.sampler.update(accuracy, indices=indices)
-        log_ratio = ((logp.detach() - rollouts.rollout_logp.to(logp.device)) * mask).sum() / mask.sum().clamp_min(1)
-        record = {"step": self.step, "reward": accuracy, "prompts": indices, **metrics,
-                  "grad_norm": float(grad_norm), "is_weight_mean": float((weights * mask).sum() / mask.sum()),
-                  "rollout_log_ratio": float(log_ratio), "completion_tokens": float(mask.sum(1).float().mean()),
-                  "reward_failures": failures}
+        accuracy = sums[3] / (len(indices) * cfg.generations)
+        prompt_rewards = [r for part in par.all_gather(rewards.mean(1).tolist()) for r in part]
+        record = {"step": self.step, "reward": accuracy, "prompts": indices, "prompt_rewards": prompt_rewards,
+                  **metrics, "grad_norm": float(grad_norm), "is_weight_mean": sums[5] / max(num_tokens, 1.0),
+                  "rollout_log_ratio": sums[6] / max(num_tokens, 1.0),
+                  "completion_tokens": num_tokens / (len(indices) * cfg.generations), "reward_failures": int(sums[4])}
+        if live is not None:
+            gathered = par.all_gather(live)
+            for key in ("intra", "inter", "score"):
+                values = [v for part in gathered for v in part[key]]
+                record[f"angle_live_{key}"] = values
+                record[f"angle_live_{key}_mean"] = sum(values) / len(values)
+        angle = None
         if self.scores is not None:
-            record["angle_score"] = float(self.scores[indices].mean())
+            record["angle_score"] = angle = float(self.scores[indices].mean())
+        if cfg.angle_signal == "live":
+            angle = record["angle_live_score_mean"]
+        self.sampler.update(accuracy, ang=angle, indices=indices)
         if isinstance(self.sampler, GainRLSampler):
             record["mu"] = self.sampler.mu
         for hook in self.hooks:
@@ -155,24 +221,28 @@ class RLTrainer:
 
     # ---- the run --------------------------------------------------------------------------------
     def train(self, resume: bool = True, progress: bool = True) -> list[dict[str, Any]]:
-        """Run to ``config.steps``, resuming from the newest checkpoint when there is one."""
+        """Run to ``config.steps``, resuming from the newest checkpoint when there is one.
+        Rank 0 writes metrics.jsonl and shows the progress bar."""
         latest = self.latest_checkpoint() if resume else None
         if latest is not None:
             self.load_checkpoint(latest)
         else:
             torch.manual_seed(self.config.seed)
             random.seed(self.config.seed)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        lead = self.parallel.rank == 0
         metrics = self.output_dir / "metrics.jsonl"
-        # the log restarts from the checkpoint's history: steps logged after it were lost with the interruption
-        metrics.write_text("".join(json.dumps(record) + "\n" for record in self.history))
-        with metrics.open("a") as log, \
+        if lead:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            # the log restarts from the checkpoint's history: steps logged after it were lost with the interruption
+            metrics.write_text("".join(json.dumps(record) + "\n" for record in self.history))
+        with (metrics.open("a") if lead else contextlib.nullcontext()) as log, \
                 tqdm(total=self.config.steps, initial=self.step, desc="RL steps", unit="step",
-                     disable=not progress) as bar:
+                     disable=not (progress and lead)) as bar:
             while self.step < self.config.steps:
                 record = self.train_step()
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                if lead:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward']:.3f}")
                 if (self.config.save_every and self.step % self.config.save_every == 0) or \
@@ -188,17 +258,37 @@ class RLTrainer:
     def state(self) -> dict[str, Any]:
         tracker = [h.state_dict() for h in self.hooks if hasattr(h, "state_dict")]
         return {"global_step": self.step, "history": self.history, "sampler": self.sampler.state_dict(),
-                "hooks": tracker, "config": dataclasses.asdict(self.config)}
+                "hooks": tracker, "config": dataclasses.asdict(self.config), "world_size": self.parallel.world,
+                "parallel": self.parallel.kind}
 
     def save_checkpoint(self) -> Path:
-        """checkpoint-<step>/: HF model + tokenizer, optimizer, RNG, trainer_state.json; atomic."""
+        """checkpoint-<step>/: the whole model as an HF folder + tokenizer, the optimizer
+        state, RNG, trainer_state.json; written to a temporary folder and renamed when whole.
+        Every rank calls it (collective under FSDP); rank 0 writes all but sharded state."""
+        par = self.parallel
         final = self.output_dir / f"checkpoint-{self.step}"
-        with atomic_folder(final) as tmp:
-            self.model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-            (tmp / STATE_FILE).write_text(json.dumps(self.state(), indent=1) + "\n")
+        tmp = self.output_dir / f".{final.name}.tmp"
+        whole = par.full_model()
+        if par.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        par.barrier()
+        try:
+            par.save_optimizer(self.optimizer, tmp)
+            if par.rank == 0:
+                whole.save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+                (tmp / STATE_FILE).write_text(json.dumps(self.state(), indent=1) + "\n")
+            par.barrier()
+            if par.rank == 0:
+                if final.exists():
+                    shutil.rmtree(final)
+                tmp.rename(final)
+        finally:
+            if par.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+        par.barrier()
         return final
 
     def load_checkpoint(self, path: str | Path) -> None:
@@ -206,14 +296,18 @@ class RLTrainer:
 
         path = Path(path)
         state = json.loads((path / STATE_FILE).read_text())
+        saved_world = state.get("world_size", 1)
+        if state.get("parallel") == "fsdp" and (self.parallel.kind != "fsdp" or saved_world != self.parallel.world):
+            raise ValueError(f"{path}: written by FSDP on {saved_world} ranks (sharded optimizer state); resume with "
+                             f"parallel='fsdp' on {saved_world} ranks")
         weights = {}
         for file in sorted(path.glob("*.safetensors")):
             weights |= load_file(str(file))
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        missing, unexpected = self.parallel.load_full_state_dict(weights)
         if unexpected or [m for m in missing if "lm_head" not in m]:  # lm_head may be tied to the embeddings
             raise ValueError(f"{path}: weights do not match the model (missing {missing[:3]}, "
                              f"unexpected {unexpected[:3]})")
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        self.parallel.load_optimizer(self.optimizer, path)
         rng = torch.load(path / "rng.pt", weights_only=False)
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
@@ -222,4 +316,3 @@ class RLTrainer:
             hook.load_state_dict(hook_state)
         self.step = int(state["global_step"])
         self.history = state["history"]
-

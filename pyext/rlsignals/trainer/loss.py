@@ -8,9 +8,11 @@ gradient of log pi), and IS weight w_nt (correction.py):
     ratio = exp(log pi - log pi_old)
     pg_nt = -w_nt * min(ratio A_n, clip(ratio, 1 - eps, 1 + eps) A_n)
     kl_nt = exp(r) - r - 1,  r = log pi_ref - log pi      (k3; only when kl_coef > 0)
-    loss  = sum_nt m_nt (pg_nt + kl_coef kl_nt) / sum_nt m_nt
+    loss  = sum_nt m_nt (pg_nt + kl_coef kl_nt) / num_tokens
 
 (every token counts once across the batch: no per-sequence length normalisation).
+num_tokens defaults to sum_nt m_nt; a data-parallel rank passes the token count
+of the whole global batch, so that its loss is its share of the global one.
 """
 
 from __future__ import annotations
@@ -52,9 +54,12 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,
                 mask: torch.Tensor, *, clip_eps: float = 0.2, kl_coef: float = 0.0,
-                ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-level clipped PG loss (see module docstring); returns (loss, metrics)."""
+                ref_logp: torch.Tensor | None = None,
+                num_tokens: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token-level clipped PG loss (see module docstring); returns (loss, metrics). The
+    metrics (loss, kl, clip_frac) are token means over ``num_tokens`` as well."""
     mask = mask.to(logp.dtype)
+    denominator = mask.sum().clamp_min(1) if num_tokens is None else max(float(num_tokens), 1.0)
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None].to(logp.dtype)
     pg = -weights * torch.minimum(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)
@@ -66,8 +71,7 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
         r = ref_logp - logp
         kl_tok = torch.exp(r) - r - 1
         per_token = per_token + kl_coef * kl_tok
-        kl = (kl_tok * mask).sum() / mask.sum().clamp_min(1)
-    loss = (per_token * mask).sum() / mask.sum().clamp_min(1)
+        kl = (kl_tok * mask).sum() / denominator
+    loss = (per_token * mask).sum() / denominator
     return loss, {"loss": float(loss.detach()), "kl": float(kl.detach()),
-                  "clip_frac": float((((ratio - 1).abs() > clip_eps).to(logp.dtype) * mask).sum()
-                                     / mask.sum().clamp_min(1))}
+                  "clip_frac": float((((ratio - 1).abs() > clip_eps).to(logp.dtype) * mask).sum() / denominator)}

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import torch
 
-from rlsignals.trainer.rollout import Rollouts, completion_mask, left_pad
+from rlsignals.trainer.rollout import Rollouts, completion_mask, left_pad, mix_seed
 
 
 def vllm_available() -> bool:
@@ -55,14 +55,18 @@ class VLLMRollout:
         self.llm.reset_prefix_cache()
 
     def __call__(self, model, tokenizer, prompts: Sequence[Sequence[int]], generations: int, *, max_new_tokens: int,
-                 temperature: float = 1.0) -> Rollouts:
+                 temperature: float = 1.0, keys: Sequence[int] | None = None) -> Rollouts:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if keys is None:
+            keys = torch.randint(0, 2**62, (len(prompts),)).tolist()
+        if len(keys) != len(prompts):
+            raise ValueError(f"keys must hold one key per prompt ({len(prompts)}), got {len(keys)}")
         self.sync(model)
-        seed = int(torch.randint(0, 2**31 - 1, ()))
-        params = SamplingParams(n=generations, temperature=temperature, top_k=0, top_p=1.0,
-                                max_tokens=max_new_tokens, logprobs=0, seed=seed)
+        params = [SamplingParams(n=generations, temperature=temperature, top_k=0, top_p=1.0,
+                                 max_tokens=max_new_tokens, logprobs=0, seed=mix_seed(key) % (2**31 - 1))
+                  for key in keys]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
                                     use_tqdm=False)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

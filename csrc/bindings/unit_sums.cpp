@@ -1,16 +1,16 @@
-// Schemas of the rlsignals operator library and their CPU implementations.
-// The CUDA implementations register in cuda_ops.cpp (built only with CUDA).
+// CPU implementation of rlsignals::unit_sums (schema in schema.cpp, math in ../unit_sums.h).
 #include <torch/library.h>
 
 #include <tuple>
 
 #include "../unit_sums.h"
+#include "registry.h"
 #include "tensor_args.h"
 
 namespace rlsignals {
+namespace {
 
-std::tuple<at::Tensor, at::Tensor> unit_sums_cpu(const at::Tensor& hidden, const at::Tensor& offsets,
-                                                  double eps) {
+std::tuple<at::Tensor, at::Tensor> unit_sums_cpu(const at::Tensor& hidden, const at::Tensor& offsets, double eps) {
   check_unit_sums_args(hidden, offsets);
   TORCH_CHECK(offsets.device().is_cpu(), "unit_sums: offsets must be on the CPU for CPU hidden states");
   const at::Tensor offs = offsets.contiguous();
@@ -25,14 +25,14 @@ std::tuple<at::Tensor, at::Tensor> unit_sums_cpu(const at::Tensor& hidden, const
   const int64_t d = hidden.size(1);
   at::Tensor sums = at::empty({num_ranges, d}, hidden.options().dtype(at::kFloat));
   at::Tensor sqsums = at::empty({num_ranges}, hidden.options().dtype(at::kFloat));
-  cpu::unit_sums(hidden.data_ptr(), elem_type_of(hidden), d, hidden.stride(0), bounds,
-                 num_ranges, static_cast<float>(eps), sums.data_ptr<float>(), sqsums.data_ptr<float>());
+  cpu::unit_sums(hidden.data_ptr(), elem_type_of(hidden), d, hidden.stride(0), bounds, num_ranges,
+                 static_cast<float>(eps), sums.data_ptr<float>(), sqsums.data_ptr<float>());
   return {sums, sqsums};
 }
 
-TORCH_LIBRARY(rlsignals, m) {
-  m.def("unit_sums(Tensor hidden, Tensor offsets, float eps) -> (Tensor, Tensor)");
-}
+const KernelNote note("unit_sums", "CPU");
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(rlsignals, CPU, m) { m.impl("unit_sums", &unit_sums_cpu); }
 

@@ -1,12 +1,13 @@
-// Schema of delta_gram_product (the fused pass of delta_svd) and its CPU
-// implementation. Python validates user input first (ops/svd_validation.py);
-// these checks guard direct calls of torch.ops.rlsignals.delta_gram_product.
+// CPU implementation of rlsignals::delta_products (schema in schema.cpp, math in
+// ../delta_products.h). Python validates user input first (ops/svd_validation.py);
+// these checks guard direct calls of torch.ops.rlsignals.delta_products.
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
 
 #include "../delta_products.h"
+#include "registry.h"
 #include "tensor_args.h"
 
 namespace rlsignals {
@@ -23,18 +24,18 @@ void run_members(const at::Tensor& after, const std::optional<at::Tensor>& befor
   auto frob2_out = frob2.accessor<double, 1>();
   for (int64_t i = 0; i < x.size(0); ++i) {
     const int64_t b = ids[i];
-    TORCH_CHECK(b >= 0 && b < after.size(0), "delta_gram_product: members[", i, "] = ", b, " out of range");
+    TORCH_CHECK(b >= 0 && b < after.size(0), "delta_products: members[", i, "] = ", b, " out of range");
     const void* a_ptr = a0 + b * after.stride(0) * elem;
     const void* b_ptr = b0 ? b0 + b * before->stride(0) * elem : nullptr;
-    frob2_out[i] = cpu::delta_gram_product(a_ptr, b_ptr, elem_type_of(after), m, n, after.stride(1),
-                                           before ? before->stride(1) : 0, x[i].data_ptr<Acc>(), p,
-                                           y[i].data_ptr<Acc>(), z[i].data_ptr<Acc>());
+    frob2_out[i] = cpu::delta_products(a_ptr, b_ptr, elem_type_of(after), m, n, after.stride(1),
+                                       before ? before->stride(1) : 0, x[i].data_ptr<Acc>(), p,
+                                       y[i].data_ptr<Acc>(), z[i].data_ptr<Acc>());
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> delta_gram_product_cpu(const at::Tensor& after,
-                                                                     const std::optional<at::Tensor>& before,
-                                                                     const at::Tensor& x, const at::Tensor& members) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> delta_products_cpu(const at::Tensor& after,
+                                                                 const std::optional<at::Tensor>& before,
+                                                                 const at::Tensor& x, const at::Tensor& members) {
   check_product_args(after, before, x, members);
   const at::Tensor ids = members.to(at::kCPU);
   at::Tensor y = at::zeros({x.size(0), after.size(1), x.size(2)}, x.options());
@@ -49,12 +50,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> delta_gram_product_cpu(const at::
   return {y, z, frob2};
 }
 
+const KernelNote note("delta_products", "CPU");
+
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(rlsignals, m) {
-  m.def("delta_gram_product(Tensor after, Tensor? before, Tensor x, Tensor members) -> (Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(rlsignals, CPU, m) { m.impl("delta_gram_product", &delta_gram_product_cpu); }
+TORCH_LIBRARY_IMPL(rlsignals, CPU, m) { m.impl("delta_products", &delta_products_cpu); }
 
 }  // namespace rlsignals

@@ -1,0 +1,134 @@
+"""Block Krylov basis for delta_svd: block Lanczos on G = dW^T dW with full
+reorthogonalisation and thick (Krylov-Schur style) restarts.
+
+State of b members, all with the same number K of basis columns:
+    Q [b, n, K]  basis: every block exactly as fed to a pass (fp32 values, held in fp64);
+                 orthonormal up to that fp32 rounding
+    Z [b, n, K]  = fl(G Q) / scale, the passes' products (fp64 copies)
+    Y [b, m, K]  = fl(dW Q) (fp32; only U is made from it)
+    H [b, K, K]  = Q^T Z (fp64), grown block by block, symmetric by construction
+A pass feeds the pending block P [b, n, w] (orthonormal, orthogonal to Q) and returns
+dW P, G P; they are appended. The next P is G P with Q's span removed twice (classical
+Gram-Schmidt, twice is enough) and orthonormalised. Since G Q lies in span(Q, P) in exact
+arithmetic, span(Q) after j passes is the block Krylov space K_j(G, X_0): the top Ritz
+value's error falls like T_{j-1}(1 + 2 gamma)^-2, gamma = (lambda_1 - lambda_{p+1}) /
+(lambda_{p+1} - lambda_n), i.e. by exp(-4 sqrt(gamma)) per pass on weak gaps where block
+subspace iteration gives (lambda_{p+1} / lambda_1)^2 (Saad, "Numerical Methods for Large
+Eigenvalue Problems", 2011, ch. 6; Musco & Musco 2015).
+
+A restart keeps the top r Ritz vectors: Q <- Q C_r, Z <- Z C_r, Y <- Y C_r, H <- C_r^T H C_r
+(no pass needed: the images are linear in Q). P, orthogonal to the old span, stays
+orthogonal to the new one, so the kept space extends as a Krylov-Schur decomposition.
+
+Rounding (for the honest bound of ops/svd.py): ``err`` [b] tracks an upper bound on
+||Z - G Q / scale||_2 in units of ||dW||_F^2 / scale, from each pass's rounding contract
+(ops/delta_products.py) and the restarts (orthonormal C_r: the bound carries over).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_U32 = 2.0 ** -24
+# Slack on the fp64 2-norm of an orthonormal restart matrix (its rounding).
+_ORTHO_SLACK = 1e-12
+
+
+def pass_rounding(m: int, n: int, w: int, dtype: torch.dtype) -> float:
+    """Bound on ||fl(G P) - G P||_2 / ||dW||_F^2 per unit of ||P||_F for a pass in ``dtype``:
+    each entry of Y and Z is a sum of n resp. m products in any order, and D is rounded
+    once, so |error| <= (gamma_n + gamma_m + 3u) |dW|^T |dW| |P| entrywise (generous constants)."""
+    u = torch.finfo(dtype).eps / 2
+    return (4 * (m + n + w) + 64) * u
+
+
+class Krylov:
+    """The block Krylov state of the members still iterating (module docstring)."""
+
+    def __init__(self, scale: torch.Tensor, n: int, m_local: int, device: torch.device):
+        b = scale.shape[0]
+        self.scale = scale                                                   # fp64 [b]
+        self.q = torch.zeros(b, n, 0, dtype=torch.float64, device=device)
+        self.z = torch.zeros(b, n, 0, dtype=torch.float64, device=device)
+        self.y = torch.zeros(b, m_local, 0, device=device)
+        self.h = torch.zeros(b, 0, 0, dtype=torch.float64, device=device)
+        self.err = torch.zeros(b, dtype=torch.float64, device=device)
+
+    @property
+    def width(self) -> int:
+        return self.q.shape[2]
+
+    def subset(self, keep: torch.Tensor) -> Krylov:
+        """The state of the members where ``keep`` (bool [b], on the state's device) is True."""
+        new = Krylov.__new__(Krylov)
+        for name in ("scale", "q", "z", "y", "h", "err"):
+            setattr(new, name, getattr(self, name)[keep])
+        return new
+
+    def append(self, block: torch.Tensor, y: torch.Tensor, z: torch.Tensor, rounding: float) -> None:
+        """Add the fed block P (fp32 [b, n, w]) with Y = dW P and Z = G P (the pass's results)."""
+        p64 = block.double()
+        z64 = z.double() / self.scale[:, None, None]
+        self.q = torch.cat([self.q, p64], 2)
+        cross = self.q.mT @ z64                                              # [b, K + w, w]
+        old = self.h.shape[1]
+        h = torch.zeros(self.q.shape[0], old + block.shape[2], old + block.shape[2], dtype=torch.float64,
+                        device=block.device)
+        h[:, :old, :old] = self.h
+        h[:, :, old:] = cross
+        h[:, old:, :old] = cross[:, :old].mT
+        h[:, old:, old:] = (cross[:, old:] + cross[:, old:].mT) / 2
+        self.h = h
+        self.z = torch.cat([self.z, z64], 2)
+        self.y = torch.cat([self.y, y.float()], 2)
+        norm_p = torch.linalg.matrix_norm(p64)
+        self.err = torch.sqrt(self.err.square() + (rounding * norm_p).square())
+
+    def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ritz values fp64 [b, K] (descending) and coefficients C [b, K, K]: Ritz vectors Q C."""
+        theta, coef = torch.linalg.eigh(self.h)
+        return theta.flip(1), coef.flip(2)
+
+    def residuals(self, coef: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """||Z c_i - Q c_i theta_i|| for the given columns c_i of C (fp64 [b, j])."""
+        r = self.z @ coef - (self.q @ coef) * theta[:, None, :]
+        return torch.linalg.vector_norm(r, dim=1)
+
+    def next_block(self, w: int) -> torch.Tensor:
+        """The next block to feed (fp32 [b, n, w]): the newest w images with span(Q) removed
+        (twice), orthonormalised, then once more against Q after the QR."""
+        new = self.z[:, :, -w:]
+        for _ in range(2):
+            new = new - self.q @ (self.q.mT @ new)
+        new = torch.linalg.qr(new).Q
+        new = new - self.q @ (self.q.mT @ new)
+        return torch.linalg.qr(new).Q.float()
+
+    def restart(self, coef: torch.Tensor) -> None:
+        """Keep the span of the Ritz vectors Q coef (coef: fp64 [b, K, r], orthonormal columns)."""
+        self.q = self.q @ coef
+        self.z = self.z @ coef
+        self.y = (self.y.double() @ coef).float()
+        h = coef.mT @ self.h @ coef
+        self.h = (h + h.mT) / 2
+        self.err = self.err * (1 + _ORTHO_SLACK)
+
+
+def ritz_block(state: Krylov, coef: torch.Tensor, theta: torch.Tensor, m: int, n: int):
+    """For the Ritz vectors V = Q coef (coef fp64 [b, K, w]): V (fp64 [b, n, w]), and the
+    inputs of eigenvalue_bounds in units of ||dW||_F^2 / scale: R^T R, V^T R (R = Z coef - V
+    diag(theta)) and the certified margin on ||computed G V - exact G V||_2 / scale (pass
+    rounding through coef, the fp64 work here, and V's departure from orthonormality)."""
+    vecs = state.q @ coef
+    resid = state.z @ coef - vecs * theta[:, None, :]
+    w = coef.shape[2]
+    eye = torch.eye(w, dtype=torch.float64, device=coef.device)
+    orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye)
+    coef_norm = torch.linalg.matrix_norm(coef, ord=2) * (1 + _ORTHO_SLACK)
+    u64 = 2.0 ** -53
+    k_cols = state.width
+    margin = (state.err * coef_norm + math.sqrt(w) * (k_cols + n + 64) * u64 * coef_norm
+              + 2 * (orth_err + (n + w) * u64))
+    return vecs, resid.mT @ resid, vecs.mT @ resid, margin
