@@ -23,9 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
-
 from common import peak_memory_bytes, pin_glibc_mmap_threshold, print_table, write_results
+from safetensors.torch import save_file
 
 from rlsignals.rank1.track import track_rank1
 
@@ -95,6 +94,8 @@ def main() -> int:
         store_bytes = sum(f.stat().st_size for f in (root / "traj").iterdir())
         iters = [traj.scalar("iters", m).mean().item() for m in traj.modules]
         bounds = [traj.scalar("err_bound", m).max().item() for m in traj.modules]
+        estimates = [traj.scalar("err_estimate", m).max().item() for m in traj.modules]
+        certified, modules = traj.certified_count()
         print(f"full fp32 SVD of one 4096 x 4096 update on {device} ...", file=sys.stderr, flush=True)
         svd_s, shape = full_svd_seconds(base, ckpts[0], device)
         flops_one = shape[0] * shape[1] * min(shape)
@@ -111,7 +112,8 @@ def main() -> int:
              "checkpoints": args.checkpoints, "seconds_per_layer_per_checkpoint": per_layer,
              "peak_mb": peak / 2**20, "store_bytes_per_checkpoint": store_bytes / args.checkpoints,
              "checkpoint_bytes": ckpt_bytes, "size_ratio": ckpt_bytes / (store_bytes / args.checkpoints),
-             "mean_iters": sum(iters) / len(iters), "max_err_bound": max(bounds)},
+             "mean_iters": sum(iters) / len(iters), "max_err_bound": max(bounds),
+             "max_err_estimate": max(estimates), "certified_modules": certified, "modules": modules},
             {"op": "checkpoint_rank1", "method": "full fp32 torch.linalg.svd (released AlphaRL)",
              "layers": args.layers, "measured_seconds_4096x4096": svd_s,
              "seconds_per_layer_per_checkpoint": svd_s * layer_scale, "scaled": True,
@@ -122,7 +124,8 @@ def main() -> int:
         records[0]["speedup"] = records[1]["seconds_per_layer_per_checkpoint"] / per_layer
         print_table(records, [("method", "method", "s"), ("seconds_per_layer_per_checkpoint", "s/layer/ckpt", ".2f"),
                               ("peak_mb", "peak MB", ".0f"), ("store_bytes_per_checkpoint", "store B/ckpt", ".3g"),
-                              ("size_ratio", "ckpt/store", ".0f"), ("speedup", "speedup", ".1f")])
+                              ("size_ratio", "ckpt/store", ".0f"), ("speedup", "speedup", ".1f"),
+                              ("max_err_estimate", "max est.", ".1e"), ("certified_modules", "certified", "")])
         path = write_results("checkpoint_rank1", device, records)
         print(f"wrote {path}")
     finally:

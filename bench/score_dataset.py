@@ -23,7 +23,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from common import peak_memory_bytes, pin_glibc_mmap_threshold, print_table, write_results
 
 from rlsignals.signals.capture import StopForward, capture_input, resolve_module
@@ -151,7 +150,8 @@ def main() -> int:
              for i, ref in enumerate(results["reference"])]
     for r in records:
         r["speedup_vs_reference"] = by_name["reference"]["seconds"] / r["seconds"]
-    by_name["rlsignals"]["hook_overhead_vs_forward"] = by_name["rlsignals"]["seconds"] / by_name["forward"]["seconds"] - 1
+    ours = by_name["rlsignals"]
+    ours["hook_overhead_vs_forward"] = ours["seconds"] / by_name["forward"]["seconds"] - 1
     by_name["rlsignals"]["max_abs_diff_vs_reference"] = max(diffs)
     print_table(records, [("method", "method", "s"), ("prompts", "prompts", "d"), ("seconds", "seconds", ".2f"),
                           ("prompts_per_s", "prompts/s", ".1f"), ("peak_mb", "peak MB", ".0f"),

@@ -3,8 +3,8 @@
 The kernels in csrc/cuda/ (unit_sums.cu, delta_products.cu) are plain CUDA
 (no torch headers), so nvcc compiles them anywhere; these tests catch compile
 errors, warnings and register spills before a GPU machine sees the code, and
-run each launcher's host-side argument handling. The binding
-(csrc/bindings/cuda_ops.cpp) is compiled as host code against this torch's
+run each launcher's host-side argument handling. The CUDA bindings
+(csrc/bindings/<op>_cuda.cpp) are compiled as host code against this torch's
 headers: a CPU-only torch ships the c10/cuda headers but not the generated
 CUDA macros header, which C10_CUDA_NO_CMAKE_CONFIGURE_FILE skips. Everything
 is skipped, with the reason, only when nvcc is not on PATH.
@@ -22,9 +22,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
-BINDING = CSRC / "bindings" / "cuda_ops.cpp"
+BINDINGS = [CSRC / "bindings" / f"{op}_cuda.cpp" for op in ("unit_sums", "delta_products")]
 ARCHS = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90"]
-# What torch.utils.cpp_extension adds to every nvcc call, plus this package's flags (_extension.py).
+# What torch.utils.cpp_extension adds to every nvcc call, plus this package's flags (ops/extension.py).
 TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                     "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
                     "--expt-relaxed-constexpr", "-Xcompiler", "-fPIC", "-O3", "--use_fast_math"]
@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (no CU
 
 def nvcc(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     cmd = [NVCC, *map(str, args)]
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (f"nvcc failed ({proc.returncode}): {' '.join(cmd)}\n"
                                   f"--- stderr ---\n{proc.stderr}\n--- stdout ---\n{proc.stdout}")
     return proc
@@ -181,7 +181,7 @@ def test_kernel_compiles_without_warnings_or_spills(kernel, tmp_path):
 
 
 def test_header_is_plain_cpp(kernel, tmp_path):
-    """The kernel's .cuh is read by the host compiler (cuda_ops.cpp): plain C++17, the documented signatures."""
+    """The kernel's .cuh is read by the host compiler (its binding): plain C++17, the documented signatures."""
     src = tmp_path / "check_header.cpp"
     src.write_text(textwrap.dedent(kernel.header_check))
     nvcc("-c", "-std=c++17", "-Xcompiler", "-Wall,-Wextra,-Werror,-pedantic", "-I", CSRC, src,
@@ -200,8 +200,9 @@ def test_host_side_argument_handling(kernel, kernel_object, tmp_path):
     assert proc.returncode == 0, f"driver exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
 
 
-def test_binding_compiles_against_torch_headers(tmp_path):
-    """cuda_ops.cpp as host code against this torch (CPU builds ship the c10/cuda headers)."""
+@pytest.mark.parametrize("binding", BINDINGS, ids=lambda p: p.name)
+def test_binding_compiles_against_torch_headers(binding, tmp_path):
+    """A CUDA binding as host code against this torch (CPU builds ship the c10/cuda headers)."""
     torch = pytest.importorskip("torch")
     from torch.utils.cpp_extension import include_paths
 
@@ -210,4 +211,4 @@ def test_binding_compiles_against_torch_headers(tmp_path):
         pytest.skip(f"this torch ({torch.__version__}) ships no c10/cuda headers")
     isystem = [arg for p in paths for arg in ("-isystem", p)]
     nvcc("-c", "-std=c++17", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE", *isystem, "-I", CSRC,
-         "-Xcompiler", "-Wall,-Wextra,-Werror", BINDING, "-o", tmp_path / "cuda_ops.o")
+         "-Xcompiler", "-Wall,-Wextra,-Werror", binding, "-o", tmp_path / "binding.o")

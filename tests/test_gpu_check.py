@@ -1,4 +1,5 @@
-"""bench/gpu_check.py (the one-command GPU check) and bench/gpu_tests.py (its test selection).
+"""bench/gpu_check.py (the one-command GPU check), bench/gpu_verdicts.py (how it judges each step)
+and bench/gpu_tests.py (its test selection).
 
 The GPU steps themselves need a device; here the script must parse, skip every
 GPU step with its reason, say so in its exit status and write its summary; its
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "bench" / "gpu_check.py"
-SELECTOR = REPO / "bench" / "gpu_tests.py"
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPT = BENCH / "gpu_check.py"
+SELECTOR = BENCH / "gpu_tests.py"
 
 
 def _load(path: Path):
@@ -31,6 +32,7 @@ def _load(path: Path):
     return module
 
 
+verdicts = _load(BENCH / "gpu_verdicts.py")  # first: gpu_check imports it by name
 gpu_check = _load(SCRIPT)
 
 
@@ -119,11 +121,11 @@ def test_selection_keeps_exactly_the_gpu_tests(tmp_path):
     proc = subprocess.run([sys.executable, str(SELECTOR), str(tmp_path), "-v", "-p", "no:cacheprovider",
                            f"--junitxml={junit}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    report = gpu_check.read_junit(junit)
+    report = verdicts.read_junit(junit)
     assert (report["tests"], report["passed"], report["skipped"], report["failures"]) == (5, 3, 1, 1)
     assert report["failed_ids"] == ["test_sample::test_marked"]
     assert "6 deselected" in proc.stdout
-    from_log = gpu_check.read_verbose_log(proc.stdout)  # what is read when a run is stopped before its report
+    from_log = verdicts.read_verbose_log(proc.stdout)  # what is read when a run is stopped before its report
     assert {k: from_log[k] for k in ("tests", "passed", "skipped", "failures", "errors")} == \
         {k: report[k] for k in ("tests", "passed", "skipped", "failures", "errors")}
     assert from_log["failed_ids"] == ["test_sample.py::test_marked"]
@@ -150,7 +152,7 @@ def test_tests_stopped_at_their_limit_keep_what_ran(tmp_path):
     started = time.time()
     rc, output = gpu_check.run_command(command, tmp_path / "tests.log", 25.0, dict(os.environ))
     assert rc is None and "test_a_fast_one PASSED" in output
-    outcome = gpu_check.assess_tests(gpu_check.Run(rc, output, tmp_path / "out", [], 25.0, started, True))
+    outcome = verdicts.assess_tests(verdicts.Run(rc, output, tmp_path / "out", [], 25.0, started, True))
     assert outcome.status == "failed"
     assert outcome.text.startswith("timed out after 25 s; by then 1 passed, 0 skipped")
 
@@ -176,7 +178,7 @@ def test_a_hanging_step_is_killed_with_its_children_at_its_limit(tmp_path):
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child)
-    outcome = gpu_check.assess_exit(gpu_check.Run(rc, output, tmp_path, [], 3.0))
+    outcome = verdicts.assess_exit(verdicts.Run(rc, output, tmp_path, [], 3.0, start, False))
     assert (outcome.status, outcome.text) == ("failed", "timed out after 3 s")
 
 
@@ -188,7 +190,7 @@ def test_angle_target_is_the_worst_large_case_per_backend():
     big, small = dict(T=16384, d=4096), dict(T=16384, d=896)
     records = [_record("copy", vs_copy=1.0, **big), _record("cuda", vs_copy=0.55, **big),
                _record("cuda", vs_copy=0.5, T=32768, d=2048), _record("cuda", vs_copy=5.0, **small)]
-    cuda, triton = gpu_check.angle_targets(records)
+    cuda, triton = verdicts.angle_targets(records)
     assert cuda.value == pytest.approx(1 / 1.1) and cuda.met  # a copy moves twice the bytes the op reads
     assert triton.value is None and not triton.met
 
@@ -196,7 +198,7 @@ def test_angle_target_is_the_worst_large_case_per_backend():
 def test_pass_target_is_the_worst_case_per_backend():
     records = [_record("read"), _record("pass/cuda", x_read=1.25), _record("pass/triton", x_read=1.25),
                _record("pass/triton", x_read=1.6), _record("delta_svd/cuda", err=1e-6)]
-    cuda, triton = gpu_check.pass_targets(records)
+    cuda, triton = verdicts.pass_targets(records)
     assert cuda.value == pytest.approx(0.8) and cuda.met
     assert triton.value == pytest.approx(1 / 1.6) and not triton.met
 
@@ -217,6 +219,26 @@ def test_exit_status_precedence(statuses, missed, code):
 def test_doctor_table_decides_whether_the_gpu_backends_are_live():
     table = ("backend  live  why\ntorch    yes   always available\ncpp      yes   built\n"
              "triton   yes   CUDA device present\ncuda     no    nvcc / CUDA_HOME not found\n")
-    assert gpu_check.parse_doctor(table)["cuda"] == (False, "nvcc / CUDA_HOME not found")
-    outcome = gpu_check.assess_doctor(gpu_check.Run(0, table, Path("."), [], 10.0))
+    assert verdicts.parse_doctor(table)["cuda"] == (False, "nvcc / CUDA_HOME not found")
+    outcome = verdicts.assess_doctor(verdicts.Run(0, table, Path("."), [], 10.0, 0.0, True))
     assert (outcome.status, outcome.text) == ("failed", "cuda not live: nvcc / CUDA_HOME not found")
+
+
+@pytest.mark.parametrize("gpu, status", [(True, "failed"), (False, "passed")])
+def test_build_without_cuda_kernels_fails_only_where_there_is_a_device(gpu, status):
+    output = "C++ kernels: built\nCUDA kernels: nvcc / CUDA_HOME not found\n"
+    outcome = verdicts.assess_build(verdicts.Run(0, output, Path("."), [], 10.0, 0.0, gpu))
+    assert (outcome.status, outcome.text) == (status, "C++ kernels: built; CUDA kernels: nvcc / CUDA_HOME not found")
+
+
+def test_a_benchmark_that_writes_no_results_fails(tmp_path):
+    outcome = verdicts.assess_angle(verdicts.Run(0, "done\n", tmp_path, [], 10.0, 0.0, True))
+    assert (outcome.status, outcome.text) == ("failed", "wrote no bench/results/angle_stats-*.json")
+
+
+def test_plan_names_why_each_step_will_not_run():
+    args = gpu_check.parse_args(["--out", "x", "--only", "build", "--only", "tests", "--skip", "build"])
+    skipped = gpu_check.plan(args, "no CUDA device: test")
+    assert skipped.pop("build") == "skipped by --skip"
+    assert skipped.pop("tests") == "no CUDA device: test"
+    assert skipped == {name: "not in --only" for name in gpu_check.STEP_NAMES if name not in ("env", "build", "tests")}

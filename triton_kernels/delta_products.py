@@ -14,7 +14,8 @@ use input_precision="ieee" (no TF32, whose 10-bit products would stall the
 iteration), fp64 products a multiply-and-sum. Atomic adds make the order of Z's row sums vary on a
 GPU (the rounding bound holds for any order); the interpreter is sequential.
 Works under TRITON_INTERPRET=1 (loads cast to the accumulation dtype at once;
-block masks only).
+block masks only). Launched through torch.library.wrap_triton, so the launcher
+is traceable as a torch.library.triton_op (ops/registration.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 
 @triton.jit
@@ -82,8 +84,8 @@ def _delta_products_kernel(a_ptr, b_ptr, x_ptr, y_ptr, z_ptr, sq_ptr, mem_ptr, m
         tl.atomic_add(z_base + cols[:, None] * p + kcols[None, :], zt, mask=z_mask)
 
 
-def delta_gram_product(after: torch.Tensor, before: torch.Tensor | None, x: torch.Tensor,
-                       members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def delta_products(after: torch.Tensor, before: torch.Tensor | None, x: torch.Tensor,
+                   members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """after/before [B, m, n] (rows contiguous), x [b, n, p] contiguous fp32/fp64 (p <= 32),
     members int64 [b] on x's device. Returns Y [b, m, p], Z [b, n, p] (x's dtype) and
     frob2 fp64 [b]."""
@@ -101,8 +103,8 @@ def delta_gram_product(after: torch.Tensor, before: torch.Tensor | None, x: torc
         block_m, block_n = (16, 16) if acc64 else (64, 64)
     ref = after if before is None else before
     grid = (triton.cdiv(m, block_m), b)
-    _delta_products_kernel[grid](after, ref, x, y, z, rowsq, members, m, n, p,
-                             after.stride(0), after.stride(1), ref.stride(0), ref.stride(1),
-                             HAS_BEFORE=before is not None, ACC64=acc64, BLOCK_M=block_m, BLOCK_N=block_n,
-                             BLOCK_P=max(16, triton.next_power_of_2(p)), num_warps=4)
+    wrap_triton(_delta_products_kernel)[grid](
+        after, ref, x, y, z, rowsq, members, m, n, p, after.stride(0), after.stride(1), ref.stride(0),
+        ref.stride(1), HAS_BEFORE=before is not None, ACC64=acc64, BLOCK_M=block_m, BLOCK_N=block_n,
+        BLOCK_P=max(16, triton.next_power_of_2(p)), num_warps=4)
     return y, z, rowsq.sum(1, dtype=torch.float64)

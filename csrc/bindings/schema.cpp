@@ -1,6 +1,6 @@
 // The one schema file of the rlsignals operator library (torch.ops.rlsignals).
 // Implementations register per op and device in the files named after the op:
-// unit_sums.cpp / delta_products.cpp (CPU) and unit_sums_cuda.cpp /
+// unit_sums_cpu.cpp / delta_products_cpu.cpp (CPU) and unit_sums_cuda.cpp /
 // delta_products_cuda.cpp (CUDA, built only where torch has CUDA). Fake
 // kernels and autograd formulas are registered from Python
 // (pyext/rlsignals/ops/registration.py); the Triton kernels are the ops

@@ -51,8 +51,11 @@ CASES = [
      "has shape"),
     ("diff-report-out-is-a-file", ["diff-report", "--before", "{base}", "--after", "{ckpt-10}", "--out",
                                    "{tmp}/file.txt"], 1, "file.txt: is a file"),
-    ("diff-report-unwritable", ["diff-report", "--before", "{base}", "--after", "{ckpt-10}", "--out",
-                                "{tmp}/locked/report"], 1, "is not writable"),
+    ("diff-report-out-under-a-file", ["diff-report", "--before", "{base}", "--after", "{ckpt-10}", "--out",
+                                      "{tmp}/file.txt/report"], 1, "cannot be created, "),
+    ("demo-out-not-ours", ["demo", "--out", "{tmp}/mine"], 1, "mine: exists and is not empty; choose a new"),
+    ("showcase-overwrite-not-ours", ["showcase", "--out", "{tmp}/mine", "--overwrite"], 1,
+     "--overwrite replaces only a folder written by `rlsignals showcase`"),
     ("score-model-not-a-folder", ["score", "--model", "nope", "--data", "{data}", "--out", "{out}.jsonl"], 1,
      "never sent to the Hugging Face Hub; ask for a Hub model explicitly: --model hub:org/name"),
     ("score-no-weights", ["score", "--model", "{no-weights}", "--data", "{data}", "--out", "{out}.jsonl"], 1,
@@ -85,12 +88,11 @@ def paths(ckpts, traj, scoring, tmp_path):
     record = sorted(cut_vectors.glob("record-*.safetensors"))[-1]
     record.write_bytes(record.read_bytes()[:200])
     (tmp_path / "file.txt").write_text("the user's notes\n")
-    (tmp_path / "locked").mkdir()
-    (tmp_path / "locked").chmod(0o500)
-    yield {**{k: str(v) for k, v in ckpts.items()}, "traj": str(traj), **{k: str(v) for k, v in scoring.items()},
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "results.csv").write_text("1,2\n")
+    return {**{k: str(v) for k, v in ckpts.items()}, "traj": str(traj), **{k: str(v) for k, v in scoring.items()},
            "cut-index": str(cut_index), "cut-vectors": str(cut_vectors), "out": str(tmp_path / "out"),
            "tmp": str(tmp_path)}
-    (tmp_path / "locked").chmod(0o700)
 
 
 @pytest.mark.parametrize("argv, code, text", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -1,6 +1,7 @@
 """The shipped demo model: loads through the Auto classes, is 1-5M parameters,
 and is part-way trained (greedy accuracy inside the band measured at
-pre-training, neither ~0 nor ~1, easy levels above hard ones)."""
+pre-training, neither ~0 nor ~1), with the planted slip as its greedy answer
+on a real share of the problems it can solve."""
 
 from __future__ import annotations
 
@@ -43,16 +44,28 @@ def test_loads_with_auto_classes():
     assert (tok.pad_token_id, tok.eos_token_id) == (model.config.pad_token_id, model.config.eos_token_id)
 
 
-def test_greedy_accuracy_is_in_the_measured_band(shipped):
+def test_greedy_accuracy_is_in_the_measured_band_and_the_slip_is_often_the_mode(shipped):
+    from collections import Counter
+
+    from rlsignals.demo.pretrain import generate_replies
+
     model, tok = shipped
     rows = task.generate_dataset(64, seed=HELDOUT_SEED)
     acc = evaluate(model, tok, rows)
     measured = pretrain_info()["heldout"]["greedy"]["overall"]
     assert 0.15 <= measured <= 0.6
     assert abs(acc["overall"] - measured) <= 0.15, (acc, measured)
-    by = acc["by_difficulty"]    # ~13 problems a level: loose bounds
-    assert by["1"] >= 0.5 and by["5"] <= 0.2
-    assert by["1"] + by["2"] > by["4"] + by["5"] + 0.5
+    assert acc["by_difficulty"]["5"] <= 0.2    # ~13 problems a level: loose bounds
+    # the headroom: greedy states the slipped answer (right + 10) on a real share of the
+    # easier levels, where the model does compute the right one
+    kinds = Counter()
+    for row, (reply,) in zip(rows, generate_replies(model, tok, [r["prompt"] for r in rows])):
+        stated = task.parse_answer(reply)
+        if row["difficulty"] <= 3:
+            kinds["right" if stated == int(row["answer"]) else
+                  "slip" if stated == task.slip_answer(row["answer"]) else "other"] += 1
+    easy = sum(kinds.values())
+    assert kinds["slip"] >= 0.2 * easy and kinds["right"] + kinds["slip"] >= 0.7 * easy, kinds
 
 
 def test_batched_generation_matches_one_at_a_time(shipped):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 from safetensors.torch import load_file
@@ -33,3 +34,20 @@ def test_short_run_is_deterministic(tmp_path):
     saved = json.loads((tmp_path / "a" / "pretrain_info.json").read_text())
     assert saved["settings"]["steps"] == 3 and saved["model"]["parameters"] > 1_000_000
     assert {"tokenizer.json", "config.json", "pretrain_info.json"} <= {p.name for p in (tmp_path / "a").iterdir()}
+
+
+def test_slip_rates_plant_the_slipped_answer_per_level():
+    import random
+
+    tok = build_tokenizer()
+    rng = random.Random(0)
+    replies = [pretrain.training_reply(rng, "7 + 5", 12, p_echo=0.0, p_slip=0.7) for _ in range(2000)]
+    share = sum(r == task.format_answer(task.slip_answer(12)) for r in replies) / len(replies)
+    assert abs(share - 0.7) < 0.04 and set(replies) == {"= 12", "= 22"}
+    # rate 1 on every level: every reply of a random conversation states the slipped answer
+    ids, _ = pretrain.training_sequence(tok, random.Random(1), 4, [1] * 5, p_fixed=0.0, slip_rates=[1.0] * 5)
+    turns = re.findall(r"user\n(\d+) (.) (\d+)<\|im_end\|>\n<\|im_start\|>assistant\n(.*?)<\|im_end\|>",
+                       tok.decode(ids))
+    assert len(turns) == 4
+    for a, op, b, reply in turns:
+        assert reply == task.format_answer(task.slip_answer(task.solve(int(a), op, int(b))))

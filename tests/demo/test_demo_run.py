@@ -3,30 +3,35 @@
 from __future__ import annotations
 
 import json
-import math
 
 from rlsignals.demo.run import DemoConfig, format_table, run_demo
 
 
 def test_quick_demo_produces_the_whole_table(tmp_path):
-    results = run_demo(tmp_path, DemoConfig.quick(), progress=False)
+    cfg = DemoConfig.quick()
+    results = run_demo(tmp_path, cfg, progress=False)
     saved = json.loads((tmp_path / "demo.json").read_text())
     assert saved["config"] == results["config"]
+    raw = saved["raw"]
+    steps = list(range(0, cfg.steps + 1, cfg.eval_every))
+    assert raw["eval_steps"] == steps
     for arm in ("gain_rl", "uniform"):
-        curve = saved["arms"][arm]["curve"]
-        assert [s for s, _ in curve] == list(range(0, results["config"]["steps"] + 1, results["config"]["eval_every"]))
-        assert all(0 <= acc <= 1 for _, acc in curve)
-        assert "steps_to_target" in saved["arms"][arm]
-    extrapolation = saved["extrapolation"]
-    assert set(extrapolation["accuracy"]) | set(extrapolation["not_fitted"]) == {
+        assert [s for s, _ in saved["arms"][arm]["curve"]] == steps
+        assert len(raw[f"{arm}_correct"]) == len(steps)
+        assert all(len(c) == cfg.eval_prompts and set(c) <= {0.0, 1.0} for c in raw[f"{arm}_correct"])
+    assert set(raw["extrapolated_correct"]) | set(saved["not_fitted"]) == {
         "alpharl", "alpharl_released", "linear_step", "two_point"}
-    assert "two_point" in extrapolation["accuracy"]  # needs no fit, so it always runs
-    assert 0 <= saved["rank1"]["accuracy"] <= 1 and math.isfinite(saved["rank1"]["mean_rank1_energy"])
-    assert 0 <= saved["bf16_sparsity"]["rl"] <= 1 and 0 <= saved["bf16_sparsity"]["sft"] <= 1
-    assert len(saved["angle_vs_learning"]["scores"]) == results["config"]["probe_prompts"]
-    for name in ("demo.png", "report/index.html", "trajectory/trajectory.json", "rank1-model/config.json"):
+    assert "two_point" in raw["extrapolated_correct"]  # needs no fit, so it always runs
+    assert all(0 <= c <= cfg.pass_samples for c in raw["pass_right"]["start"] + raw["pass_right"]["final"])
+    assert len(raw["probe_scores"]) == len(raw["probe_learned_step"]) == cfg.probe_prompts
+    assert 0 < len(raw["bf16_unchanged"]["rl"]) == len(raw["bf16_unchanged"]["sft"])
+    assert [row["figure"] for row in saved["testbed"]] == ["greedy accuracy", "pass@1", f"pass@{cfg.pass_samples}"]
+    names = [c["name"] for c in saved["claims"]]
+    assert any(n.startswith("GAIN-RL") for n in names) and any("share of the RL gain" in n for n in names)
+    assert all(c["verdict"] in ("holds", "does not", "cannot tell") for c in saved["claims"])
+    for name in ("demo.png", "demo.txt", "report/index.html", "trajectory/trajectory.json",
+                 "rank1-model/config.json"):
         assert (tmp_path / name).exists(), name
     table = format_table(saved)
-    for text in ("GAIN-RL", "steps to reach", "extrapolated from", "rank-1 model", "bf16 entries unchanged",
-                 "Spearman"):
+    for text in ("GAIN-RL", "pass@1", "claims", "verdict", "bf16 entries unchanged", "Spearman"):
         assert text in table

@@ -1,4 +1,5 @@
-"""GAIN-RL inside TRL's real GRPOTrainer: a tiny Llama trained for a few steps on CPU."""
+"""GAIN-RL inside TRL's real GRPOTrainer and RLOOTrainer (the public subclasses): a tiny Llama trained for a
+few steps on CPU."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ pytest.importorskip("trl")
 from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer  # noqa: E402
+from trl import GRPOConfig, RLOOConfig  # noqa: E402
 from trl.trainer.utils import RepeatSampler  # noqa: E402
 
-from rlsignals.integrations.trl import (ROW_COLUMN, STATE_FILE, GainRLCallback, GainRLRepeatSampler,  # noqa: E402
-                                        attach_gain_rl)
+from rlsignals.integrations.trl import (ROW_COLUMN, STATE_FILE, GainRLGRPOTrainer, GainRLRepeatSampler,  # noqa: E402
+                                        GainRLRLOOTrainer, accuracy_columns, batch_accuracy)
 from rlsignals.signals.samplers import GainRLSampler  # noqa: E402
 
 ROWS = 32
@@ -39,9 +40,11 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_trainer(output_dir, seen, rloo=False, **overrides):
-    """A GRPOTrainer on a 2-layer Llama and 32 prompts. The reward of a row is its
-    'target' column, whatever the completion, so each batch's accuracy is known."""
+def make_trainer(output_dir, seen, rloo=False, scores=SCORES, gain_rl_options=SAMPLER_KWARGS, dataset=None,
+                 extra_rewards=(), trainer_kwargs=None, **overrides):
+    """A GainRLGRPOTrainer (GainRLRLOOTrainer with ``rloo``) on a 2-layer Llama and 32 prompts.
+    The reward of a row is its 'target' column, whatever the completion, so each batch's
+    accuracy is known; each call of the reward appends its rows and prompts to ``seen``."""
     vocab = {word: i for i, word in enumerate(WORDS)}
     tokenizer_core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer_core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -51,8 +54,9 @@ def make_trainer(output_dir, seen, rloo=False, **overrides):
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64,
                                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                          max_position_embeddings=64, pad_token_id=0, eos_token_id=1))
-    dataset = Dataset.from_dict({"prompt": [f"w{i} w{(7 * i) % 40} w{(3 * i) % 40}" for i in range(ROWS)],
-                                 "target": [(i % 5) / 2 for i in range(ROWS)]})
+    if dataset is None:
+        dataset = Dataset.from_dict({"prompt": [f"w{i} w{(7 * i) % 40} w{(3 * i) % 40}" for i in range(ROWS)],
+                                     "target": [(i % 5) / 2 for i in range(ROWS)]})
 
     def reward(prompts, completions, target, **kwargs):
         seen.append({"rows": list(kwargs[ROW_COLUMN]), "prompts": list(prompts)})
@@ -63,11 +67,12 @@ def make_trainer(output_dir, seen, rloo=False, **overrides):
                   learning_rate=1e-3, seed=3, report_to="none", use_cpu=True, bf16=False,
                   disable_tqdm=True)
     config.update(overrides)
-    trainer_cls, config_cls = (RLOOTrainer, RLOOConfig) if rloo else (GRPOTrainer, GRPOConfig)
+    trainer_cls, config_cls = (GainRLRLOOTrainer, RLOOConfig) if rloo else (GainRLGRPOTrainer, GRPOConfig)
     if rloo:
         config["beta"] = 0.0  # no reference model to load
-    return trainer_cls(model=model, reward_funcs=[reward], args=config_cls(**config), train_dataset=dataset,
-                       processing_class=tokenizer)
+    return trainer_cls(model=model, reward_funcs=[reward, *extra_rewards],
+                       args=config_cls(**config), train_dataset=dataset, processing_class=tokenizer,
+                       gain_rl_scores=scores, gain_rl_options=gain_rl_options, **(trainer_kwargs or {}))
 
 
 def chunks_seen(seen):
@@ -81,14 +86,13 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("grpo")
     seen_a, seen_b = [], []
     trainer_a = make_trainer(out, seen_a)
-    sampler_a = attach_gain_rl(trainer_a, SCORES, **SAMPLER_KWARGS)
     trainer_a.train()
     state_2 = json.loads((out / "checkpoint-2" / STATE_FILE).read_text())
     trainer_b = make_trainer(out, seen_b)
-    sampler_b = attach_gain_rl(trainer_b, SCORES, **SAMPLER_KWARGS)
     trainer_b.train(resume_from_checkpoint=str(out / "checkpoint-2"))
-    return SimpleNamespace(out=out, seen_a=seen_a, seen_b=seen_b, trainer_a=trainer_a, sampler_a=sampler_a,
-                           sampler_b=sampler_b, state_2=state_2, dataset=trainer_a.train_dataset)
+    return SimpleNamespace(out=out, seen_a=seen_a, seen_b=seen_b, trainer_a=trainer_a,
+                           sampler_a=trainer_a.gain_rl_sampler, sampler_b=trainer_b.gain_rl_sampler, state_2=state_2,
+                           dataset=trainer_a.train_dataset)
 
 
 def test_trained_prompts_follow_the_sampler_draws(runs):
@@ -117,8 +121,9 @@ def test_mu_follows_the_update_rule_with_one_generation_of_lag(runs):
     assert len(sampler.history) == 4 and mus[-1] > 5
     # draw k is taken while step k-1 is fetched, before chunk k-1's rewards: it uses mu after k-1 updates
     assert sampler.draw_mus == pytest.approx([mus[max(k - 1, 0)] for k in range(len(sampler.draw_mus))])
-    logged = [entry["gain_rl/mu"] for entry in runs.trainer_a.state.log_history if "gain_rl/mu" in entry]
-    assert logged == pytest.approx(mus[1:])
+    logs = [entry for entry in runs.trainer_a.state.log_history if "gain_rl/mu" in entry]
+    assert [entry["gain_rl/mu"] for entry in logs] == pytest.approx(mus[1:])
+    assert all("rewards/reward/mean" in entry for entry in logs)  # the wrapped reward keeps its name in TRL's logs
 
 
 def test_sampler_state_lands_in_each_checkpoint(runs):
@@ -143,13 +148,13 @@ import test_trl as T
 torch.set_num_threads(1)
 seen = []
 trainer = T.make_trainer(sys.argv[2], seen, per_device_train_batch_size=2)
-sampler = T.attach_gain_rl(trainer, T.SCORES, **T.SAMPLER_KWARGS)
 trainer.train()
 with open(os.path.join(sys.argv[2], "rank%s.json" % os.environ["RANK"]), "w") as f:
-    json.dump({"rows": [call["rows"] for call in seen], "state": sampler.state_dict()}, f)
+    json.dump({"rows": [call["rows"] for call in seen], "state": trainer.gain_rl_sampler.state_dict()}, f)
 """
 
 
+@pytest.mark.slow
 def test_two_ranks_draw_the_same_chunks_as_one(runs, tmp_path):
     # two CPU processes (gloo), 2 prompts-with-repeats each: the same generation batches as run A on one process
     script = tmp_path / "rank_script.py"
@@ -170,43 +175,65 @@ def test_resume_inside_a_chunk_does_not_count_it_twice(tmp_path):
     # completions for the current chunk after a resume at step 1, which must not update mu again
     options = dict(steps_per_generation=4, max_steps=2, save_steps=1)
     seen_a, seen_b = [], []
-    trainer = make_trainer(tmp_path, seen_a, **options)
-    sampler_a = attach_gain_rl(trainer, SCORES, **SAMPLER_KWARGS)
-    trainer.train()
-    trainer = make_trainer(tmp_path, seen_b, **options)
-    sampler_b = attach_gain_rl(trainer, SCORES, **SAMPLER_KWARGS)
-    trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
-    assert chunks_seen(seen_b) == chunks_seen(seen_a)[:1] and len(sampler_a.history) == 1
-    assert sampler_b.state_dict() == sampler_a.state_dict()
+    trainer_a = make_trainer(tmp_path, seen_a, **options)
+    trainer_a.train()
+    trainer_b = make_trainer(tmp_path, seen_b, **options)
+    trainer_b.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    assert chunks_seen(seen_b) == chunks_seen(seen_a)[:1] and len(trainer_a.gain_rl_sampler.history) == 1
+    assert trainer_b.gain_rl_sampler.state_dict() == trainer_a.gain_rl_sampler.state_dict()
 
 
 def test_rloo_trainer_follows_the_sampler_too(tmp_path):
     seen = []
     trainer = make_trainer(tmp_path, seen, rloo=True, max_steps=2)
-    sampler = attach_gain_rl(trainer, SCORES, **SAMPLER_KWARGS)
     trainer.train()
+    sampler = trainer.gain_rl_sampler
     assert chunks_seen(seen) == [sampler.draw(0), sampler.draw(1)] and len(sampler.history) == 2
     assert (tmp_path / "checkpoint-2" / STATE_FILE).is_file()
 
 
-def test_a_plain_dataset_of_dicts_and_a_second_train_call(tmp_path):
+def test_weighted_sync_and_async_rewards_make_the_accuracy(tmp_path):
+    # the accuracy is TRL's weighted sum: 1.0 * target + 0.5 * bonus, where the async bonus is 1 on even rows and
+    # None (NaN, left out of the sum) on odd ones
+    seen = []
+
+    async def bonus(prompts, completions, **kwargs):
+        return [1.0 if row % 2 == 0 else None for row in kwargs[ROW_COLUMN]]
+
+    trainer = make_trainer(tmp_path, seen, max_steps=2, reward_weights=[1.0, 0.5], extra_rewards=[bonus])
+    assert trainer.reward_func_names == ["reward", "bonus"]
+    trainer.train()
+    sampler = trainer.gain_rl_sampler
+    for k, update in enumerate(sampler.history):
+        rows = sampler.draw(k)
+        assert update["acc"] == pytest.approx(sum((r % 5) / 2 + 0.5 * (r % 2 == 0) for r in rows) / len(rows))
+    assert len(sampler.history) == 2
+
+
+def test_a_second_train_call_starts_the_sampler_again(tmp_path):
     seen = []
     trainer = make_trainer(tmp_path, seen, max_steps=2)
-    trainer.train_dataset = [dict(row) for row in trainer.train_dataset]  # map-style, not an HF dataset
-    sampler = attach_gain_rl(trainer, SCORES, **SAMPLER_KWARGS)
     trainer.train()
+    sampler = trainer.gain_rl_sampler
     first = sampler.state_dict()
     trainer.train()  # starts again from step 0: so does the sampler
     assert chunks_seen(seen) == 2 * [sampler.draw(0), sampler.draw(1)] and sampler.state_dict() == first
 
 
+def test_iterable_or_row_column_datasets_are_refused(tmp_path):
+    with pytest.raises(TypeError, match="map-style"):
+        make_trainer(tmp_path, [], dataset=Dataset.from_dict({"prompt": ["w1"] * ROWS, "target": [0.0] * ROWS})
+                     .to_iterable_dataset(), max_steps=1)
+    shuffled = Dataset.from_dict({"prompt": ["w1"] * ROWS, "target": [0.0] * ROWS, ROW_COLUMN: [0] * ROWS})
+    with pytest.raises(ValueError, match="not its row index"):
+        make_trainer(tmp_path, [], dataset=shuffled)
+
+
 def test_resume_without_the_sampler_state_is_refused(tmp_path):
     trainer = make_trainer(tmp_path, [], max_steps=1, save_steps=1)
-    attach_gain_rl(trainer, SCORES, **SAMPLER_KWARGS)
     trainer.train()
     os.remove(tmp_path / "checkpoint-1" / STATE_FILE)
     trainer = make_trainer(tmp_path, [], max_steps=2, save_steps=1)
-    attach_gain_rl(trainer, SCORES, **SAMPLER_KWARGS)
     with pytest.raises(FileNotFoundError, match=STATE_FILE):
         trainer.train(resume_from_checkpoint=True)
 
@@ -237,43 +264,47 @@ def test_repeat_sampler_refuses_a_dataset_of_another_size():
 
 
 def test_accuracy_choice():
-    trainer = SimpleNamespace(reward_weights=torch.tensor([1.0, 0.5]), reward_func_names=["correct", "format"])
     rewards = torch.tensor([[1.0, 1.0], [0.0, 1.0], [float("nan"), float("nan")], [1.0, float("nan")]])
-    gain = GainRLSampler(torch.rand(4), 2)
-    assert GainRLCallback(trainer, gain).batch_accuracy(rewards) == pytest.approx((1.5 + 0.5 + 1.0) / 3)
-    assert GainRLCallback(trainer, gain, "correct").batch_accuracy(rewards) == pytest.approx(2 / 3)
-    assert GainRLCallback(trainer, gain, 1).batch_accuracy(rewards) == pytest.approx(1.0)
+    assert batch_accuracy(rewards, [1.0, 0.5]) == pytest.approx((1.5 + 0.5 + 1.0) / 3)
+    assert batch_accuracy(rewards[:, [0]], [1.0]) == pytest.approx(2 / 3)
+    assert batch_accuracy(rewards[:, [1]], [1.0]) == pytest.approx(1.0)
+    assert math.isnan(batch_accuracy(torch.full((2, 1), float("nan")), [1.0]))
+    names = ["correct", "format"]
+    assert accuracy_columns("sum", names) == [0, 1] and accuracy_columns("format", names) == [1]
+    assert accuracy_columns(-2, names) == [0]
     with pytest.raises(ValueError, match="names no reward function"):
-        GainRLCallback(trainer, gain, "speed").accuracy_column()
+        accuracy_columns("speed", names)
     with pytest.raises(ValueError, match="out of range"):
-        GainRLCallback(trainer, gain, 2).accuracy_column()
+        accuracy_columns(2, names)
+    with pytest.raises(ValueError, match="one column per weight"):
+        batch_accuracy(rewards, [1.0])
 
 
-def test_prompts_the_sampler_did_not_draw_are_reported():
-    gain = GainRLSampler(torch.rand(8), 2)
-    callback = GainRLCallback(SimpleNamespace(reward_weights=torch.ones(1)), gain)
-    draw = gain.draw()
-    other = [i for i in range(8) if i not in draw][:2]
-    callback.pending.append(([i for i in other for _ in range(2)], torch.ones(4, 1)))
-    with pytest.raises(RuntimeError, match="not the sampler's draw 0"):
-        callback.apply_pending()
-
-
-def test_attach_options_and_errors(tmp_path):
+def test_prompts_the_sampler_did_not_draw_are_reported(tmp_path):
     trainer = make_trainer(tmp_path, [])
-    scored = trainer.train_dataset.add_column("angle", SCORES.tolist())
-    trainer.train_dataset = scored
-    sampler = attach_gain_rl(trainer, "angle", mu=3.0)
+    draw = trainer.gain_rl_sampler.draw()
+    other = [i for i in range(ROWS) if i not in draw][:4]
+    with pytest.raises(RuntimeError, match="not the sampler's draw 0"):
+        trainer.gain_rl_callback.apply([([i for i in other for _ in range(2)], torch.ones(8, 1))])
+
+
+def test_options_and_errors(tmp_path):
+    dataset = Dataset.from_dict({"prompt": [f"w{i}" for i in range(ROWS)], "target": [0.0] * ROWS,
+                                 "angle": SCORES.tolist()})
+    trainer = make_trainer(tmp_path, [], dataset=dataset, scores="angle", gain_rl_options={"mu": 3.0})
+    sampler = trainer.gain_rl_sampler
     assert sampler.batch_size == 4 and sampler.seed == 3 and sampler.mu == 3.0
-    assert trainer.train_dataset[ROW_COLUMN] == list(range(ROWS)) and ROW_COLUMN in trainer._signature_columns
-    assert isinstance(trainer._get_train_sampler(), GainRLRepeatSampler)
-    with pytest.raises(RuntimeError, match="already attached"):
-        attach_gain_rl(trainer, SCORES)
+    assert trainer.train_dataset[ROW_COLUMN] == list(range(ROWS))
+    assert isinstance(trainer._get_train_sampler(), GainRLRepeatSampler)  # the Trainer's sampler hook
     with pytest.raises(ValueError, match="31 scores"):
-        attach_gain_rl(make_trainer(tmp_path, []), SCORES[:31])
+        make_trainer(tmp_path, [], scores=SCORES[:31])
     with pytest.raises(ValueError, match="names no column"):
-        attach_gain_rl(make_trainer(tmp_path, []), "angle")
+        make_trainer(tmp_path, [], scores="angle")
     with pytest.raises(ValueError, match="draws 8 prompts"):
-        attach_gain_rl(make_trainer(tmp_path, []), GainRLSampler(SCORES, 8))
+        make_trainer(tmp_path, [], scores=GainRLSampler(SCORES, 8), gain_rl_options=None)
+    with pytest.raises(TypeError, match="ready GainRLSampler"):
+        make_trainer(tmp_path, [], scores=GainRLSampler(SCORES, 4))
     with pytest.raises(ValueError, match="names no reward function"):
-        attach_gain_rl(make_trainer(tmp_path, []), SCORES, accuracy="speed")
+        make_trainer(tmp_path, [], trainer_kwargs={"gain_rl_accuracy": "speed"})
+    with pytest.raises(ValueError, match="remove_unused_columns=False"):
+        make_trainer(tmp_path, [], remove_unused_columns=True)

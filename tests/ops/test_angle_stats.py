@@ -90,6 +90,26 @@ def test_non_finite_rows_poison_only_what_reads_them(backend):
         assert_close(out.intra, clean.intra, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("dtype, peak", [(torch.float32, 3.0e38), (torch.bfloat16, 3.3e38)])
+def test_rows_up_to_the_largest_finite_value(backend, dtype, peak):
+    """Rows whose squared norm overflows fp32 (any entry above about 1.8e19) still give
+    their cosines: fp32 rows near 3e38 and bf16 rows near 3.3e38 (its largest finite value
+    is 3.39e38), mixed with ordinary and tiny rows, against fp64 brute force."""
+    seq_lens, prefix_lens = [6, 9, 5], [2, 4, 1]
+    hidden, cu, prefix = make_pack(seq_lens, prefix_lens, 33, seed=11)
+    scale = torch.ones(hidden.shape[0], 1, dtype=torch.float64)
+    scale[[0, 3, 4, 8, 9, 16, 17]] = peak / hidden.abs().amax(1, keepdim=True).double()[[0, 3, 4, 8, 9, 16, 17]]
+    scale[[5, 12]] = 1e-20  # tiny rows in the same sequences
+    huge = (hidden.double() * scale).to(dtype)
+    assert bool(torch.isfinite(huge).all()) and float(huge.abs().max()) > 2.9e38
+    huge = huge.to(backend_device(backend))
+    for variant in VARIANTS:
+        out = rlsignals.angle_stats(huge, cu.to(huge.device), prefix.to(huge.device), backend=backend, **variant)
+        intra, inter = angle_stats_brute(huge, cu, prefix, **variant)
+        assert_close(out.intra.cpu().double(), intra, atol=ATOL[dtype], rtol=0, equal_nan=True)
+        assert_close(out.inter.cpu().double(), inter, atol=ATOL[dtype], rtol=0, equal_nan=True)
+
+
 def test_empty_pack(backend):
     hidden = torch.zeros(0, 8, device=backend_device(backend))
     cu = torch.zeros(1, dtype=torch.int64, device=hidden.device)

@@ -33,7 +33,7 @@ def test_auto_picks_cpp_for_cpu_tensors():
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="backend 'triton' is not available: no CUDA device"):
+    with pytest.raises(RuntimeError, match="backend 'triton' is not available for unit_sums: no CUDA device"):
         resolve_backend("triton", torch.device("cpu"))
 
 
@@ -60,7 +60,7 @@ def test_without_extension_auto_falls_back_to_torch_with_one_warning():
     assert result.returncode == 0, result.stderr
     first, explicit = result.stdout.strip().splitlines()
     assert first.startswith("1 RuntimeWarning") and "using the torch backend" in first
-    assert "backend 'cpp' is not available: disabled by RLSIGNALS_NO_EXTENSION=1" in explicit
+    assert "backend 'cpp' is not available for unit_sums: disabled by RLSIGNALS_NO_EXTENSION=1" in explicit
 
 
 def test_doctor_reports_backends():
@@ -81,3 +81,46 @@ def test_showcase_writes_its_numbers_and_plot(tmp_path):
     assert summary["backend_max_abs_diff_vs_reference"]["cpp"] < 1e-5
     scores = [p["score"] for p in summary["prompts"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def copy_sources(dest):
+    import shutil
+
+    from rlsignals.ops.extension import source_dir
+
+    shutil.copytree(source_dir(), dest, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    return dest
+
+
+def test_build_cache_is_keyed_by_the_sources(tmp_path, monkeypatch):
+    """Two checkouts: equal sources share a build, any changed source or header (or
+    build flag) gets its own folder, with or without RLSIGNALS_BUILD_DIR."""
+    from rlsignals.ops import extension
+
+    monkeypatch.delenv("RLSIGNALS_BUILD_DIR", raising=False)
+    first, second = copy_sources(tmp_path / "a"), copy_sources(tmp_path / "b")
+    assert extension.build_dir(first) == extension.build_dir(second) == extension.build_dir()
+    assert extension.build_dir(first).parent == extension.Path.home() / ".cache" / "rlsignals" / "build"
+    assert extension.build_dir(first).name.endswith("-src" + extension.source_hash(first))
+
+    header = second / "cuda" / "unit_sums.cuh"
+    header.write_text(header.read_text() + "\n// another version\n")
+    assert extension.build_dir(first) != extension.build_dir(second)
+
+    monkeypatch.setenv("RLSIGNALS_BUILD_DIR", str(tmp_path / "cache"))
+    assert extension.build_dir(first).parent == tmp_path / "cache"
+    assert extension.build_dir(first) != extension.build_dir(second)
+    key = extension.source_hash(first)
+    monkeypatch.setattr(extension, "CFLAGS", extension.CFLAGS + ("-DNDEBUG",))
+    assert extension.source_hash(first) != key
+
+
+def test_registered_kernels_come_from_the_library():
+    from rlsignals.ops.backends import op_status
+    from rlsignals.ops.registration import compiled_ops
+
+    assert {"unit_sums:CPU", "delta_products:CPU"} <= compiled_ops().kernels
+    assert set(torch.ops.rlsignals.registered_kernels()) == set(compiled_ops().kernels)
+    assert op_status("delta_products", "cpp") == (True, "built")
+    with pytest.raises(ValueError, match="op must be one of"):
+        op_status("svd", "cpp")

@@ -98,7 +98,7 @@ def test_spiked_bulk_converges_by_estimate_in_few_passes(ratio, passes):
     exact = exact_delta(after, before)
     _, s, vh = torch.linalg.svd(exact)
     assert float(s[0] / s[1]) == pytest.approx(ratio, rel=0.1)
-    assert sin_angle(out.V[:, 0], vh[0]) <= 1e-4
+    assert sin_angle(out.V[:, 0], vh[0]) <= (1e-4 if ratio >= 1.5 else 1e-3)
 
 
 def test_pass_cap_is_honest_not_converged():
@@ -124,15 +124,20 @@ def test_flat_noise_is_honest(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_exact_rank_one(dtype, shape):
-    """Small-integer u, v: u v^T is exact in every dtype, so dW has rank exactly 1."""
+    """Small-integer u, v: u v^T is exact in every dtype, so dW has rank exactly 1. sigma_1
+    certifies at once; sigma_2 = 0 is resolved by the fp64 pass (the estimate meets tol),
+    but certifying it would need v_1 beyond fp32 accuracy, so the k = 2 bound stays above tol."""
     gen = torch.Generator().manual_seed(5)
     u = torch.randint(-3, 4, (shape[0],), generator=gen).double()
     v = torch.randint(-3, 4, (shape[1],), generator=gen).double()
     u[0], v[0] = 4, 4  # a unique largest entry, positive: fixes the expected sign
     delta = torch.outer(u, v)
+    one = solve(delta.to(dtype), k=1)
+    assert_honest(one, delta.to(dtype), None, 1)
+    assert one.certified and one.iters <= 3
     out = solve(delta.to(dtype), k=2)
     assert_honest(out, delta.to(dtype), None, 2)
-    assert out.err_bound <= TOL and out.iters <= 3
+    assert out.err_estimate <= TOL and out.iters <= 4
     assert out.S[0].item() == pytest.approx(float(u.norm() * v.norm()), rel=1e-6)
     assert out.S[1].item() <= 1e-5 * out.S[0].item()
     assert_close(out.U[:, 0].double(), u / u.norm(), atol=1e-6, rtol=0)
@@ -182,7 +187,7 @@ def test_batch_mixes_easy_and_hard_members_independently():
     after = torch.stack([easy, hard, noise]).float()
     out = solve(after, k=1, max_iters=30)
     assert_honest(out, after, None, 1)
-    assert out.certified.tolist() == [True, False, False] and out.iters[0] < out.iters[1]
+    assert out.certified[0] and not out.certified[2] and out.iters[0] < out.iters[1]
     # a member's result does not depend on the other members of its batch
     swapped = solve(torch.stack([noise, hard, easy]).float(), k=1, max_iters=30)
     assert torch.equal(swapped.S[1], out.S[1]) and torch.equal(swapped.V[1], out.V[1])
@@ -190,75 +195,56 @@ def test_batch_mixes_easy_and_hard_members_independently():
 
 
 def test_warm_start_cuts_iterations():
-    """W1 tracked from W0's subspace: init=basis of W0's result certifies in a fraction of the passes."""
-    d0 = planted_delta(96, 80, [1.0, 0.99], noise=0.3, seed=8)
-    d1 = d0 + planted_delta(96, 80, [], noise=1e-3, seed=9)
-    w0 = torch.randn(96, 80, generator=torch.Generator().manual_seed(1)).double()
+    """W1 tracked from W0's subspace: init=basis of W0's result converges in a fraction of the passes."""
+    d0 = spiked_bulk(400, 300, 1.5, seed=8)
+    d1 = d0 + planted_delta(400, 300, [], noise=0.02, seed=9)
+    w0 = torch.randn(400, 300, generator=torch.Generator().manual_seed(1)).double()
     before, step0, step1 = w0.float(), (w0 + d0).float(), (w0 + d1).float()
     first = solve(step0, before)
     cold = solve(step1, before)
     warm = solve(step1, before, init=first.basis)
-    assert cold.err_bound <= TOL and warm.err_bound <= TOL
-    assert_honest(warm, step1, before, 1)
-    assert 4 * warm.iters <= cold.iters, (warm.iters, cold.iters)
-    # V alone is a valid start too; on this noisy delta it saves nothing, since the
-    # certificate needs the whole block converged (hence DeltaSVD.basis)
-    from_v = solve(step1, before, init=first.V)
-    assert from_v.err_bound <= TOL
+    for out in (cold, warm):
+        assert assert_honest(out, step1, before, 1) <= TOL and out.err_estimate <= TOL
+    assert warm.iters <= 3 and 2 * warm.iters <= cold.iters, (warm.iters, cold.iters)
+    from_v = solve(step1, before, init=first.V)  # V alone is a valid start too
+    assert from_v.err_estimate <= TOL and from_v.iters < cold.iters
     assert_close(from_v.S, warm.S, rtol=2 * TOL, atol=0)
 
 
 def record_pass_widths(monkeypatch) -> list[tuple[torch.dtype, int]]:
     """(dtype, columns) of every fused pass delta_svd runs from now on."""
-    import rlsignals.ops.svd as svd_module
+    import rlsignals.ops.svd_rows as rows_module
 
     widths = []
-    product = svd_module.delta_gram_product
+    product = rows_module.delta_gram_product
 
     def recording(after, before, x, members, backend):
         widths.append((x.dtype, x.shape[2]))
         return product(after, before, x, members, backend)
 
-    monkeypatch.setattr(svd_module, "delta_gram_product", recording)
+    monkeypatch.setattr(rows_module, "delta_gram_product", recording)
     return widths
 
 
-def test_certificate_runs_narrow_when_the_leading_columns_suffice(monkeypatch):
-    """A clear rank-1 delta certifies from the first NARROW_CERTIFICATE columns (a cheaper
-    fp64 pass); a delta whose noise needs the whole block certifies with all 16."""
+def test_fp64_pass_runs_only_where_it_certifies(monkeypatch):
+    """A clear low-rank delta certifies with a narrow fp64 pass (NARROW_CERTIFICATE columns)
+    after fp32 passes of 16; a spike over a bulk, where no certificate can close, runs no
+    fp64 pass at all: its answer rests on the estimate."""
     from rlsignals.ops.svd import NARROW_CERTIFICATE
 
     widths = record_pass_widths(monkeypatch)
     easy = planted_delta(80, 96, gap_spectrum(0.5, length=20, decay=0.7), noise=0.01, seed=4)
     after, before = weight_pair(easy, torch.float32)
     out = solve(after, before)
-    assert out.err_bound <= TOL and widths[-1] == (torch.float64, NARROW_CERTIFICATE), widths
+    assert out.certified and widths[-1] == (torch.float64, NARROW_CERTIFICATE), widths
     assert all(w == (torch.float32, 16) for w in widths[:-1]), widths
     assert_honest(out, after, before, 1)
     assert out.basis.shape == (96, 16)
     widths.clear()
-    noisy = planted_delta(96, 80, [1.0, 0.99], noise=0.3, seed=8)
-    after, before = weight_pair(noisy, torch.float32)
+    after, before = weight_pair(spiked_bulk(300, 260, 1.5, seed=3), torch.float32)
     out = solve(after, before)
-    assert out.err_bound <= TOL and widths[-1] == (torch.float64, 16), widths
-    assert_honest(out, after, before, 1)
-
-
-def test_failed_narrow_certificate_goes_on_and_the_last_pass_is_full(monkeypatch):
-    """Force a narrow certificate at every estimate: on a noisy delta each one fails, the
-    iteration goes on with the whole block, and the last pass certifies all 16 columns."""
-    import rlsignals.ops.svd as svd_module
-
-    monkeypatch.setattr(svd_module, "_narrow_estimate", lambda step, *args: torch.zeros(len(step.theta)))
-    widths = record_pass_widths(monkeypatch)
-    noisy = planted_delta(96, 80, [1.0, 0.99], noise=0.3, seed=8)
-    after, before = weight_pair(noisy, torch.float32)
-    out = solve(after, before, max_iters=9)
-    assert widths[1::2] == [(torch.float64, 8)] * 4 and widths[-1] == (torch.float64, 16), widths
-    assert out.iters == 9
-    assert_honest(out, after, before, 1)
-    reference = solve(after, before)
-    assert_close(out.S, reference.S, rtol=10 * TOL, atol=0)
+    assert out.err_estimate <= TOL and not out.certified
+    assert all(dtype == torch.float32 for dtype, _ in widths), widths
 
 
 def test_deterministic_per_seed():
@@ -281,10 +267,30 @@ def test_non_finite_member_is_isolated(bad_value):
     poisoned[1, 4, 7] = bad_value
     out = solve(poisoned, k=2)
     assert out.nonfinite.tolist() == [False, True, False]
-    for field in ("S", "U", "V", "frob", "err_bound", "basis"):
+    for field in ("S", "U", "V", "frob", "err_bound", "err_estimate", "basis"):
         got, want = getattr(out, field), getattr(clean, field)
         assert torch.isnan(got[1]).all()
         assert torch.equal(got[[0, 2]], want[[0, 2]])
+
+
+def test_extreme_scales_stay_per_member():
+    """Each member is scaled before the small-matrix algebra: sigma_1 ~ 1e10 solves like
+    sigma_1 ~ 1; a member whose products overflow fp32 is flagged, the others unaffected."""
+    base = planted_delta(40, 30, gap_spectrum(0.5), noise=0.05, seed=1)
+    stack = torch.stack([base, 1e10 * base, 1e30 * base]).float()
+    out = solve(stack, k=2)
+    assert out.nonfinite.tolist() == [False, False, True]
+    assert torch.isnan(out.S[2]).all() and torch.isnan(out.err_estimate[2]) and not out.certified[2]
+    assert out.certified[:2].all()
+    assert_close(out.S[1].double() / 1e10, out.S[0].double(), rtol=1e-5, atol=0)
+    for b in range(2):
+        assert_honest(DeltaSVDMember(out, b), stack[b], None, 2)
+    alone = solve(stack[:1], k=2)
+    assert torch.equal(alone.S[0], out.S[0]) and torch.equal(alone.V[0], out.V[0])
+
+
+def DeltaSVDMember(out, b):  # noqa: N802 - reads like the result type it stands for
+    return type(out)(*(t[b] for t in out))
 
 
 def test_unbatched_and_batched_shapes():
@@ -292,6 +298,7 @@ def test_unbatched_and_batched_shapes():
     batched = solve(after, k=2)
     assert batched.S.shape == (3, 2) and batched.U.shape == (3, 12, 2) and batched.V.shape == (3, 9, 2)
     assert batched.frob.shape == batched.err_bound.shape == batched.iters.shape == batched.nonfinite.shape == (3,)
+    assert batched.err_estimate.shape == batched.certified.shape == (3,) and batched.certified.dtype == torch.bool
     assert batched.basis.shape == (3, 9, 9)  # p = min(16, n)
     single = solve(after[0], k=2)
     assert single.S.shape == (2,) and single.U.shape == (12, 2) and single.V.shape == (9, 2)
@@ -358,3 +365,55 @@ def test_bad_inputs_raise(kwargs, error, match):
 def test_batched_init_shape_is_checked():
     with pytest.raises(ValueError, match=r"init must be \[B, n, c\] with B = 2"):
         rlsignals.delta_svd(torch.zeros(2, 3, 4), init=torch.zeros(3, 4, 1))
+
+
+SHARDED_SCRIPT = textwrap.dedent("""
+    import os, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+    import rlsignals
+
+    def work(rank, path, world):
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=rank, world_size=world)
+        after, before = torch.load(path)
+        rows = after.shape[1] // world
+        part = slice(rank * rows, (rank + 1) * rows if rank < world - 1 else None)
+        out = rlsignals.delta_svd(after[:, part], before[:, part], 2, backend="torch",
+                                  process_group=dist.group.WORLD)
+        torch.save(out._asdict(), path + f".rank{rank}")
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        mp.spawn(work, args=(sys.argv[1], 2), nprocs=2)
+""")
+
+
+def test_sharded_rows_over_two_gloo_ranks_equal_one_process(tmp_path):
+    """Each rank passes its slab of rows; Z and frob2 are all-reduced per pass, so both ranks
+    get the single-process S, V and err fields (to fp32 reduction order) and their slab of U."""
+    import socket
+
+    deltas = [spiked_bulk(90, 70, 2.0, seed=1), planted_delta(90, 70, gap_spectrum(0.5), noise=0.05, seed=2)]
+    after, before = weight_pair(torch.stack(deltas), torch.float32)
+    torch.save((after, before), tmp_path / "pair.pt")
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED_SCRIPT)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run([sys.executable, str(script), str(tmp_path / "pair.pt"), str(port)], check=True, timeout=300)
+    whole = solve(after, before, k=2)
+    ranks = [torch.load(tmp_path / f"pair.pt.rank{r}") for r in range(2)]
+    for got in ranks:
+        assert_close(got["S"], whole.S, rtol=1e-5, atol=0)
+        assert_close(got["V"], whole.V, atol=1e-4, rtol=0)
+        assert torch.equal(got["certified"], whole.certified) and torch.equal(got["iters"], whole.iters)
+    assert torch.equal(ranks[0]["S"], ranks[1]["S"]) and torch.equal(ranks[0]["V"], ranks[1]["V"])
+    assert_close(torch.cat([ranks[0]["U"], ranks[1]["U"]], 1), whole.U, atol=1e-4, rtol=0)
+
+
+def test_process_group_needs_initialized_distributed():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialized in this process")
+    with pytest.raises(ValueError, match="process_group was given but torch.distributed is not initialized"):
+        rlsignals.delta_svd(torch.zeros(3, 4), process_group=object())

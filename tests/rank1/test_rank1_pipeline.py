@@ -53,9 +53,16 @@ def run(tmp_path_factory):
     return root, paths, directions
 
 
-def test_trajectory_recovers_planted_sigma_and_direction(run, tmp_path):
+@pytest.fixture(scope="module")
+def whole(run):
+    """The trajectory of all six checkpoints (read-only for the tests that share it)."""
+    root, paths, _ = run
+    return track_rank1(root / "base", paths, root / "traj", progress=False)
+
+
+def test_trajectory_recovers_planted_sigma_and_direction(run, whole):
     root, paths, directions = run
-    traj = track_rank1(root / "base", paths, tmp_path / "traj", progress=False)
+    traj = whole
     assert traj.steps == STEPS
     assert sorted(traj.modules) == sorted(directions)
     for module, (a, b) in directions.items():
@@ -71,7 +78,7 @@ def test_trajectory_recovers_planted_sigma_and_direction(run, tmp_path):
     certified = sum(bool(traj.scalar("certified", m).all()) for m in traj.modules)
     assert traj.certified_count() == (certified, len(directions))
     # the store is a small fraction of a checkpoint even at these toy shapes
-    store = sum(f.stat().st_size for f in (tmp_path / "traj").iterdir())
+    store = sum(f.stat().st_size for f in traj.root.iterdir())
     ckpt = sum(f.stat().st_size for f in paths[0].glob("*.safetensors"))
     assert store < ckpt
 
@@ -156,9 +163,9 @@ def test_a_bf16_checkpoint_against_an_fp32_base(run, tmp_path):
         assert float((u[0] @ a).abs()) > 0.999
 
 
-def test_rank1_model_equals_the_planted_update(run, tmp_path):
+def test_rank1_model_equals_the_planted_update(run, whole, tmp_path):
     root, paths, _ = run
-    traj = track_rank1(root / "base", paths, tmp_path / "traj", progress=False)
+    traj = whole
     out = rank1_model(root / "base", traj, tmp_path / "r1", checkpoint=-1)
     model = AutoModelForCausalLM.from_pretrained(out)
     truth = Checkpoint(paths[-1])
@@ -178,10 +185,10 @@ def write_accuracy(path, steps):
     ("linear_step", dict(target_step=60)),
     ("two_point", dict(target_step=60)),
 ])
-def test_extrapolation_recovers_a_held_out_step(run, tmp_path, method, kwargs):
+def test_extrapolation_recovers_a_held_out_step(run, whole, tmp_path, method, kwargs):
     """Fit on steps 10..40 and predict step 60, which the fit never saw."""
     root, paths, _ = run
-    traj = track_rank1(root / "base", paths, tmp_path / "traj", progress=False)
+    traj = whole
     acc_file = write_accuracy(tmp_path / "acc.jsonl", STEPS)
     out = extrapolate(root / "base", traj, tmp_path / "x", method=method, accuracy=read_accuracy(acc_file),
                       accuracy_path=str(acc_file), fit_steps=[10, 20, 30, 40], **kwargs)
@@ -197,9 +204,9 @@ def test_extrapolation_recovers_a_held_out_step(run, tmp_path, method, kwargs):
     assert AutoModelForCausalLM.from_pretrained(out) is not None
 
 
-def test_released_alpharl_update_adds_the_predicted_feature_to_the_latest_checkpoint(run, tmp_path):
+def test_released_alpharl_update_adds_the_predicted_feature_to_the_latest_checkpoint(run, whole, tmp_path):
     root, paths, _ = run
-    traj = track_rank1(root / "base", paths, tmp_path / "traj", progress=False)
+    traj = whole
     acc = read_accuracy(write_accuracy(tmp_path / "acc.jsonl", STEPS))
     out = extrapolate(root / "base", traj, tmp_path / "x", accuracy=acc, fit_steps=[10, 20, 30, 40],
                       target_accuracy=0.1 + 0.01 * 60)

@@ -60,7 +60,8 @@ def test_checkpoint_state_does_not_grow_with_tracked_steps(tmp_path):
     """The state a checkpoint keeps is a few numbers; each record is k (m + n) floats
     per module (plus the scalars) in safetensors."""
     model = make_model("llama", 40)
-    tracker = Rank1Tracker(model, every=1, base_file=tmp_path / "base.safetensors")
+    tracker = Rank1Tracker(model, every=1, base_file=tmp_path / "base.safetensors",
+                           include=r"(q_proj|down_proj)\.weight$")
     w0 = {n: p.detach().clone() for n, p in tracker.params.items()}
     planted_steps(tracker, w0, (1,))
     one = json.dumps(tracker.state_dict())
@@ -152,9 +153,10 @@ dist.destroy_process_group()
 
 
 def planted_model() -> torch.nn.Module:
-    """Row counts 33 and 16 shard unevenly (17 + 16) and evenly over 2 ranks."""
+    """Weights [33, 48] and [40, 33]: 33 rows shard unevenly (17 + 16) over 2 ranks, 40 evenly;
+    n > 16 columns, so delta_svd iterates (its block does not span the whole row space)."""
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(16, 33, bias=False), torch.nn.Linear(33, 16, bias=False))
+    return torch.nn.Sequential(torch.nn.Linear(48, 33, bias=False), torch.nn.Linear(33, 40, bias=False))
 
 
 def planted_updates(tracker, rows_of):
@@ -174,7 +176,7 @@ def planted_updates(tracker, rows_of):
 
 @pytest.mark.slow
 def test_sharded_tracker_equals_the_unsharded_one(tmp_path):
-    """FSDP2 (fully_shard, gloo, 2 CPU ranks; each holds row slabs of 17/16 and 8/8 rows)
+    """FSDP2 (fully_shard, gloo, 2 CPU ranks; each holds row slabs of 17/16 and 20/20 rows)
     against one process: the same sigma_1, u_1, v_1 (to fp32 reduction order), and the
     jump moves each rank's slab to the unsharded jump's rows."""
     from safetensors.torch import load_file

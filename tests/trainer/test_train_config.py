@@ -31,11 +31,8 @@ BASE = 'model = "model"\ndata = "data.jsonl"\noutput_dir = "out"\nprompts_per_st
 
 
 def test_file_then_flags_paths_relative_to_the_file(files):
-    config = load_config(write(files, BASE + "steps = 5\nlr = 1\n[sampler_options]\nsigma = 3\n"
-                                             'sampler = "gain_rl"\n'.replace('sampler = "gain_rl"\n', "")
-                               .replace("[sampler_options]\nsigma = 3\n", "") + 'sampler = "gain_rl"\n'
-                               + "[sampler_options]\nsigma = 3\n"),
-                         {"steps": "7", "use_chat_template": "false", "scores": "none"})
+    text = BASE + 'steps = 5\nlr = 1\nsampler = "gain_rl"\n[sampler_options]\nsigma = 3\n'
+    config = load_config(write(files, text), {"steps": "7", "use_chat_template": "false", "scores": "none"})
     assert config.steps == 7 and config.lr == 1.0 and config.use_chat_template is False
     assert config.model == str(files / "model") and config.output_dir == "out"
     assert config.sampler_options == {"sigma": 3}
@@ -56,6 +53,7 @@ def test_file_then_flags_paths_relative_to_the_file(files):
     (BASE + 'sampler = "gain_rl"\n[sampler_options]\nsigmaa = 2\n', {}, "did you mean 'sigma'?"),
     ('data = "data.jsonl"\noutput_dir = "o"\n', {}, "config key 'model' is required"),
     (BASE + "steps = [\n", {}, "does not parse"),
+    (BASE + 'reward = "exact"\n', {}, "must be one of ('integer', 'last_integer', 'math') or 'module:function'"),
 ])
 def test_bad_settings_are_one_line_errors(files, text, flags, message):
     with pytest.raises(ConfigError) as info:
@@ -68,7 +66,6 @@ def test_bad_settings_are_one_line_errors(files, text, flags, message):
     ('prompt_field = "question"\n', "row 0 has no column 'question'"),
     ('reward = "no_such_module_xyz:score"\n', "cannot import module 'no_such_module_xyz' (ModuleNotFoundError"),
     ('reward = "json:no_such_function"\n', "module 'json' has no function 'no_such_function'"),
-    ('reward = "exact"\n', "must be one of ('integer', 'last_integer', 'math') or 'module:function'"),
     ('prompts_per_step = 8\n', "prompts_per_step (8) exceeds the dataset's 6 rows"),
     ('sampler = "gain_rl"\nscores = "scores.json"\n', "scores file scores.json has 2 scores, the dataset has 6 rows"),
     ('model = "nowhere"\n', "is not a local Hugging Face model folder"),

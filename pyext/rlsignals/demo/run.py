@@ -11,9 +11,16 @@ model and task, on a laptop CPU.
    the final update; the update-geometry report; and how soon each probe prompt
    was learned against its angle signal.
 4. A short SFT run from the same start, for the bf16 sparsity of its update.
-5. One table (printed, and in demo.json), plots beside it.
+5. One table (printed, and in demo.json), plots beside it: the testbed's
+   greedy accuracy, pass@1 and pass@16 at the start and the end, then the
+   claims table (claims.py): each paper's figure, ours with its 95% interval
+   (paired bootstrap over the held-out problems, or over modules), and a
+   verdict.
 
-Everything printed is measured in this run; nothing is assumed to hold.
+Everything printed is measured in this run; nothing is assumed to hold. Every
+model is evaluated on the same held-out problems (``eval_prompts`` of them),
+and each evaluation keeps its per-problem results, which the intervals
+resample.
 """
 
 from __future__ import annotations
@@ -29,34 +36,39 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlsignals.io.checkpoints import Checkpoint, select_matrices
 from rlsignals.demo import task
 from rlsignals.demo.assets import load_default_model
+from rlsignals.demo.claims import build_claims, format_claims, headroom_rows
 from rlsignals.demo.sft import sft
-from rlsignals.rank1.extrapolate import extrapolate
+from rlsignals.demo.stats import mean_ci
 from rlsignals.geometry.metrics import bf16_changed
-from rlsignals.rank1.track import rank1_model, track_rank1
 from rlsignals.geometry.report import diff_report
+from rlsignals.io.checkpoints import Checkpoint, select_matrices
+from rlsignals.rank1.alpharl import aligned_features, fit_pls
+from rlsignals.rank1.extrapolate import extrapolate
+from rlsignals.rank1.track import rank1_model, track_rank1
 from rlsignals.signals import PromptTemplate, ScoreConfig, score_prompts
 from rlsignals.trainer.evaluate import greedy_correct
 from rlsignals.trainer.loop import RLConfig, RLTrainer
+from rlsignals.trainer.rollout import hf_rollouts
 
 
 @dataclasses.dataclass
 class DemoConfig:
-    train_prompts: int = 384
-    eval_prompts: int = 128
-    probe_prompts: int = 128      # training prompts whose greedy answer is checked along the uniform run
-    steps: int = 60
-    prompts_per_step: int = 32
+    train_prompts: int = 512
+    eval_prompts: int = 512
+    probe_prompts: int = 256      # training prompts whose greedy answer is checked along the uniform run
+    steps: int = 40
+    prompts_per_step: int = 16
     generations: int = 8
     lr: float = 1e-4              # Adam; 3e-4 degrades the embedded model (measured while building it)
-    eval_every: int = 10
+    eval_every: int = 5
     fit_until: float = 0.4        # extrapolate from the checkpoints up to this fraction of the run
+    pass_samples: int = 16        # temperature-1 samples per held-out problem for pass@k
     sft_steps: int = 20
     sft_batch: int = 16
     # GAIN-RL's released settings, as fractions of its ~7.5k-prompt dataset (sigma 1000,
-    # n 500, adj_max 1000 ranks), scaled to this pool: at 384 prompts the absolute values
+    # n 500, adj_max 1000 ranks), scaled to this pool: at 512 prompts the absolute values
     # would throw mu to the last rank within a few steps
     sigma_fraction: float = 0.13
     step_fraction: float = 0.067  # n
@@ -66,8 +78,8 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> DemoConfig:
         """A reduced size, for the test suite: every number of the table, in a minute or two."""
-        return cls(train_prompts=32, eval_prompts=16, probe_prompts=16, steps=4, prompts_per_step=4,
-                   generations=4, eval_every=2, fit_until=1.0, sft_steps=2, sft_batch=4)
+        return cls(train_prompts=32, eval_prompts=16, probe_prompts=16, steps=6, prompts_per_step=4,
+                   generations=4, eval_every=2, fit_until=1.0, pass_samples=4, sft_steps=2, sft_batch=4)
 
 
 class Evaluator:
@@ -78,12 +90,14 @@ class Evaluator:
         self.model, self.tokenizer, self.render = model, tokenizer, render
         self.eval_rows, self.probe_rows, self.every = eval_rows, probe_rows, every
         self.curve: list[tuple[int, float]] = []
+        self.correct: list[list[float]] = []  # per evaluation, per held-out problem
         self.probe: list[tuple[int, list[float]]] = []
 
     def evaluate(self, step: int) -> None:
         correct = greedy_correct(self.model, self.tokenizer, self.eval_rows, self.render, _verify,
                                  max_new_tokens=task.MAX_NEW_TOKENS)
         self.curve.append((step, float(np.mean(correct))))
+        self.correct.append(correct)
         if self.probe_rows:
             self.probe.append((step, greedy_correct(self.model, self.tokenizer, self.probe_rows, self.render, _verify,
                                                     max_new_tokens=task.MAX_NEW_TOKENS)))
@@ -98,12 +112,36 @@ def _verify(text: str, row: dict) -> float:
     return task.verify(text, row["answer"])
 
 
-def _accuracy(model, tokenizer, render, rows) -> float:
-    return float(np.mean(greedy_correct(model, tokenizer, rows, render, _verify, max_new_tokens=task.MAX_NEW_TOKENS)))
+def _correct(model, tokenizer, render, rows) -> list[float]:
+    return greedy_correct(model, tokenizer, rows, render, _verify, max_new_tokens=task.MAX_NEW_TOKENS)
 
 
-def steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
-    return next((step for step, acc in curve if acc >= target), None)
+def samples_right(model, tokenizer, render, rows, samples: int, seed: int, batch_prompts: int = 32) -> list[int]:
+    """Per row: how many of ``samples`` temperature-1 replies ``verify`` accepts (for pass@k)."""
+    torch.manual_seed(seed)
+    right: list[int] = []
+    for start in range(0, len(rows), batch_prompts):
+        batch = rows[start:start + batch_prompts]
+        out = hf_rollouts(model, tokenizer, [render(r) for r in batch], samples, max_new_tokens=task.MAX_NEW_TOKENS)
+        right += [int(sum(_verify(out.texts[i * samples + j], row) for j in range(samples)))
+                  for i, row in enumerate(batch)]
+    return right
+
+
+def pls_loo(traj, accuracy: dict[int, float], fit_steps: list[int]) -> dict[str, list[float]]:
+    """Per module, the leave-one-out R^2 of the PLS fit of accuracy on the aligned
+    rank-1 features over ``fit_steps`` (ours: scale=False; released: scale=True)."""
+    chosen = [i for i, s in enumerate(traj.steps) if s in set(fit_steps)]
+    acc = [accuracy[traj.steps[i]] for i in chosen]
+    out: dict[str, list[float]] = {"ours": [], "released": []}
+    if len(chosen) < 3 or len(set(acc)) < 2:
+        return out
+    for module in traj.modules:
+        sigma, u, v = traj.triplets(module)
+        features, _, _ = aligned_features(sigma[chosen, 0], u[chosen, :, 0], v[chosen, :, 0])
+        for mode, scale in (("ours", False), ("released", True)):
+            out[mode].append(fit_pls(features, acc, scale=scale).r2_loo)
+    return out
 
 
 def learned_step(probe: list[tuple[int, list[float]]], never: int) -> list[float]:
@@ -118,49 +156,41 @@ def learned_step(probe: list[tuple[int, list[float]]], never: int) -> list[float
     return first
 
 
-def spearman(x: list[float], y: list[float]) -> float:
-    from scipy.stats import spearmanr
-
-    keep = [i for i in range(len(x)) if math.isfinite(x[i]) and math.isfinite(y[i])]
-    if len(keep) < 3 or len({x[i] for i in keep}) < 2 or len({y[i] for i in keep}) < 2:
-        return math.nan  # undefined: too few rows, or one side constant
-    return float(spearmanr([x[i] for i in keep], [y[i] for i in keep]).statistic)
-
-
-def bf16_sparsity(before: Checkpoint, after: Checkpoint) -> float:
-    """Fraction of the decoder matrices' entries unchanged in bf16."""
-    changed = total = 0
-    for name in select_matrices(before):
-        mask = bf16_changed(before.get(name), after.get(name))
-        changed += int(mask.sum())
-        total += mask.numel()
-    return 1.0 - changed / total
-
-
 def _plots(out: Path, results: dict) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    raw = results["raw"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for arm, style in (("gain_rl", "-o"), ("uniform", "-s")):
-        steps, acc = zip(*results["arms"][arm]["curve"])
-        axes[0].plot(steps, acc, style, label=f"{arm} sampling")
-    axes[0].axhline(results["target_accuracy"], color="gray", ls=":", label="target")
-    for name, acc in results["extrapolation"]["accuracy"].items():
-        axes[0].scatter([results["config"]["steps"]], [acc], marker="x", label=f"extrapolated: {name}")
+        est = [mean_ci(c) for c in raw[f"{arm}_correct"]]
+        values = [e.value for e in est]
+        axes[0].plot(raw["eval_steps"], values, style, label=f"{arm} sampling")
+        axes[0].fill_between(raw["eval_steps"], [e.low for e in est], [e.high for e in est], alpha=0.2)
+    axes[0].axhline(raw["target_accuracy"], color="gray", ls=":", label="target (steps-to-target)")
     axes[0].set_xlabel("RL step")
-    axes[0].set_ylabel("greedy accuracy (held-out)")
+    axes[0].set_ylabel(f"greedy accuracy, {len(raw['start_correct'])} held-out problems")
     axes[0].legend(fontsize=7)
-    axes[0].set_title("accuracy against steps", fontsize=9)
-    probe = results["angle_vs_learning"]
-    never = results["config"]["steps"] + results["config"]["eval_every"]
-    x = [s for s, t in zip(probe["scores"], probe["learned_step"]) if math.isfinite(t)]
-    y = [t for t in probe["learned_step"] if math.isfinite(t)]
-    axes[1].scatter(x, y, s=12)
-    axes[1].set_xlabel("angle score (intra + inter)")
-    axes[1].set_ylabel(f"first step answered right ({never} = never)")
-    axes[1].set_title(f"angle signal vs how soon learned (Spearman {probe['spearman']:.2f})", fontsize=9)
+    axes[0].set_title("accuracy against steps (95% bootstrap bands)", fontsize=9)
+    claims = results["claims"]
+    axes[1].errorbar(range(len(claims)), [c["value"] for c in claims],
+                     yerr=[[max(c["value"] - c["low"], 0) if math.isfinite(c["low"]) else 0 for c in claims],
+                           [max(c["high"] - c["value"], 0) if math.isfinite(c["high"]) else 0 for c in claims]],
+                     fmt="o", capsize=3)
+    axes[1].scatter(range(len(claims)), [c["threshold"] for c in claims], marker="_", s=300, color="red",
+                    label="paper's threshold")
+    axes[1].set_xticks(range(len(claims)))
+    axes[1].set_xticklabels([str(i + 1) for i in range(len(claims))])
+    axes[1].set_xlabel("claim (row of the table)")
+    axes[1].set_title("claims: ours with 95% interval vs the paper's threshold", fontsize=9)
+    axes[1].legend(fontsize=7)
+    x, y = np.asarray(raw["probe_scores"]), np.asarray(raw["probe_learned_step"])
+    keep = np.isfinite(y)
+    axes[2].scatter(x[keep], y[keep], s=10)
+    axes[2].set_xlabel("angle score (intra + inter)")
+    axes[2].set_ylabel(f"first step answered right ({raw['never']} = never)")
+    axes[2].set_title("angle signal vs how soon a training prompt is learnt", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "demo.png", dpi=110)
     plt.close(fig)
@@ -182,30 +212,31 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
             cache[row["id"]] = template.token_ids(row["prompt"])
         return cache[row["id"]]
 
-    train = task.generate_dataset(cfg.train_prompts, seed=cfg.seed + 1)
-    held_out = task.generate_dataset(cfg.eval_prompts, seed=cfg.seed + 2)
+    train = task.generate_dataset(cfg.train_prompts, seed=1000 * cfg.seed + 1)
+    held_out = task.generate_dataset(cfg.eval_prompts, seed=1000 * cfg.seed + 2)
     probe = train[:cfg.probe_prompts]
     base = out / "base"
     model0.save_pretrained(base)
     tokenizer.save_pretrained(base)
 
-    print("1/5 scoring the training prompts by angle signal ...", flush=True)
+    print("1/5 scoring the training prompts by angle signal; pass@k of the start ...", flush=True)
     t = time.perf_counter()
     scored = {r["index"]: r for batch in score_prompts(model0, template, [r["prompt"] for r in train], ScoreConfig())
               for r in batch}
     scores = [scored[i]["score"] for i in range(len(train))]
     score_seconds = time.perf_counter() - t
-    acc0 = _accuracy(model0, tokenizer, render, held_out)
+    start_correct = _correct(model0, tokenizer, render, held_out)
+    pass_start = samples_right(model0, tokenizer, render, held_out, cfg.pass_samples, cfg.seed)
 
     arms: dict[str, dict] = {}
     for n, arm in enumerate(("gain_rl", "uniform")):
         print(f"{2 + n}/5 RL with {arm} sampling ...", flush=True)
         model = copy.deepcopy(model0)
         evaluator = Evaluator(model, tokenizer, render, held_out, probe if arm == "uniform" else [], cfg.eval_every)
-        evaluator.curve.append((0, acc0))
+        evaluator.curve.append((0, float(np.mean(start_correct))))
+        evaluator.correct.append(start_correct)
         if arm == "uniform":
-            evaluator.probe.append((0, greedy_correct(model, tokenizer, probe, render, _verify,
-                                                      max_new_tokens=task.MAX_NEW_TOKENS)))
+            evaluator.probe.append((0, _correct(model, tokenizer, render, probe)))
         options = {"sigma_fraction": cfg.sigma_fraction, "n": cfg.step_fraction * len(train),
                    "adj_max": cfg.max_step_fraction * len(train)} if arm == "gain_rl" else {}
         rl = RLConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, generations=cfg.generations,
@@ -215,35 +246,36 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
         trainer = RLTrainer(model, tokenizer, train, render, _verify, rl, out / arm,
                             scores=scores, hooks=[evaluator])
         history = trainer.train(progress=progress)
-        arms[arm] = {"curve": evaluator.curve, "seconds": time.perf_counter() - t,
+        arms[arm] = {"curve": evaluator.curve, "correct": evaluator.correct, "seconds": time.perf_counter() - t,
                      "final_accuracy": evaluator.curve[-1][1], "train_reward_last": history[-1]["reward"],
                      "probe": evaluator.probe, "model": model}
 
     print("4/5 rank-1 trajectory, extrapolation, rank-1 model, update geometry ...", flush=True)
     uniform = arms["uniform"]
+    pass_final = samples_right(uniform["model"], tokenizer, render, held_out, cfg.pass_samples, cfg.seed)
     checkpoints = [out / "uniform" / f"checkpoint-{s}" for s, _ in uniform["curve"][1:]]
     traj = track_rank1(base, checkpoints, out / "trajectory", progress=progress)
     accuracy = dict(uniform["curve"][1:])
-    fit_steps = [s for s in accuracy if s <= max(cfg.fit_until * cfg.steps, 2 * cfg.eval_every)]
+    fit_steps = [s for s in accuracy if s <= max(cfg.fit_until * cfg.steps, 3 * cfg.eval_every)]
     final_step, final_acc = uniform["curve"][-1]
-    extrapolated = {}
-    for name, kwargs in (("alpharl", dict(method="alpharl", target_accuracy=final_acc, update="replace")),
-                         ("alpharl_released", dict(method="alpharl", target_accuracy=final_acc)),
+    extrapolated, not_fitted = {}, {}
+    for name, kwargs in (("alpharl_released", dict(method="alpharl", target_accuracy=final_acc)),
+                         ("alpharl", dict(method="alpharl", target_accuracy=final_acc, update="replace")),
                          ("linear_step", dict(method="linear_step", target_step=final_step)),
                          ("two_point", dict(method="two_point", target_step=final_step))):
         try:
             path = extrapolate(base, traj, out / f"extrapolated-{name}", accuracy=accuracy,
                                accuracy_path="(demo eval curve)", fit_steps=fit_steps, **kwargs)
         except ValueError as exc:  # e.g. accuracy did not move over the fitted steps
-            extrapolated[name] = f"not fitted: {exc}"
+            not_fitted[name] = f"not fitted: {exc}"
             continue
         model, _ = load_default_model()
         model.load_state_dict(_state(Checkpoint(path)))
-        extrapolated[name] = _accuracy(model, tokenizer, render, held_out)
+        extrapolated[name] = _correct(model, tokenizer, render, held_out)
     rank1 = rank1_model(base, traj, out / "rank1-model")
     r1_model, _ = load_default_model()
     r1_model.load_state_dict(_state(Checkpoint(rank1)))
-    rank1_acc = _accuracy(r1_model, tokenizer, render, held_out)
+    rank1_correct = _correct(r1_model, tokenizer, render, held_out)
     report = diff_report(base, checkpoints[-1], out / "report", k=16, max_iters=32, progress=False)
 
     print("5/5 SFT from the same start, for comparison ...", flush=True)
@@ -251,35 +283,42 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
     sft(sft_model, tokenizer, train, render, steps=cfg.sft_steps, batch_size=cfg.sft_batch, lr=cfg.lr, seed=cfg.seed,
         progress=progress)
     sft_model.save_pretrained(out / "sft")
-    sparsity = {"rl": bf16_sparsity(Checkpoint(base), Checkpoint(checkpoints[-1])),
-                "sft": bf16_sparsity(Checkpoint(base), Checkpoint(out / "sft"))}
 
     never = cfg.steps + cfg.eval_every
-    learned = learned_step(uniform["probe"], never)
-    probe_scores = scores[:cfg.probe_prompts]
+    acc0 = float(np.mean(start_correct))
     best = max(arms["gain_rl"]["final_accuracy"], arms["uniform"]["final_accuracy"])
-    target = acc0 + 0.5 * (best - acc0)
+    raw = {
+        "eval_steps": [s for s, _ in uniform["curve"]],
+        "start_correct": start_correct,
+        "gain_rl_correct": arms["gain_rl"]["correct"],
+        "uniform_correct": uniform["correct"],
+        "target_accuracy": acc0 + 0.5 * (best - acc0),
+        "pass_samples": cfg.pass_samples,
+        "pass_right": {"start": pass_start, "final": pass_final},
+        "probe_scores": scores[:cfg.probe_prompts],
+        "probe_learned_step": learned_step(uniform["probe"], never),
+        "never": never,
+        "rank1_correct": rank1_correct,
+        "fit_steps": fit_steps,
+        "pls_r2_loo": pls_loo(traj, accuracy, fit_steps),
+        "extrapolated_correct": extrapolated,
+        "bf16_unchanged": {"rl": bf16_unchanged(Checkpoint(base), Checkpoint(checkpoints[-1])),
+                           "sft": bf16_unchanged(Checkpoint(base), Checkpoint(out / "sft"))},
+        "principal_overlap": [m["overlap"] for m in report["modules"].values()],
+    }
     results = {
         "config": dataclasses.asdict(cfg),
-        "start_accuracy": acc0,
-        "target_accuracy": target,
         "score_seconds": score_seconds,
-        "arms": {arm: {k: v for k, v in a.items() if k not in ("model", "probe")} | {"steps_to_target":
-                 steps_to(a["curve"], target)} for arm, a in arms.items()},
-        "extrapolation": {"fit_steps": fit_steps, "final_step": final_step, "final_accuracy": final_acc,
-                          "accuracy": {k: v for k, v in extrapolated.items() if isinstance(v, float)},
-                          "not_fitted": {k: v for k, v in extrapolated.items() if not isinstance(v, float)},
-                          "mean_pls_r2": _mean_r2(out / "extrapolated-alpharl")},
-        "rank1": {"accuracy": rank1_acc, "full_accuracy": final_acc,
-                  "gain_recovered": (rank1_acc - acc0) / (final_acc - acc0) if final_acc != acc0 else math.nan,
-                  "mean_rank1_energy": float(np.nanmean([m["rank1_energy"] for m in report["modules"].values()]))},
-        "bf16_sparsity": sparsity,
-        "angle_vs_learning": {"scores": probe_scores, "learned_step": learned,
-                              "spearman": spearman(probe_scores, learned)},
+        "arms": {arm: {k: v for k, v in a.items() if k not in ("model", "probe", "correct")} for arm, a in arms.items()},
+        "not_fitted": not_fitted,
+        "testbed": [{"figure": name, "start": a.as_dict(), "end": b.as_dict()} for name, a, b in headroom_rows(raw)],
+        "claims": [c.as_dict() for c in build_claims(raw)],
+        "raw": raw,
     }
     results["plots"] = _plots(out, results)
     results["seconds"] = time.perf_counter() - started
     (out / "demo.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "demo.txt").write_text(format_table(results) + "\n")
     print(format_table(results))
     print(f"\nplots: {out / 'demo.png'}, update geometry: {out / 'report' / 'index.html'}, numbers: {out / 'demo.json'}")
     return results
@@ -289,39 +328,25 @@ def _state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
     return {name: ckpt.get(name) for name in ckpt.names()}
 
 
-def _mean_r2(folder: Path) -> float | None:
-    info = folder / "extrapolation.json"
-    return json.loads(info.read_text()).get("mean_r2") if info.exists() else None
-
-
 def format_table(r: dict) -> str:
-    def acc(v) -> str:
-        return f"{v:.3f}" if isinstance(v, float) and math.isfinite(v) else "-"
+    """The printed report: settings, accuracy curves, the testbed's figures, the claims table."""
+    from rlsignals.demo.claims import Claim
+    from rlsignals.demo.stats import Estimate
 
-    cfg = r["config"]
+    cfg, raw = r["config"], r["raw"]
     lines = [f"\nrlsignals demo: {cfg['steps']} RL steps x {cfg['prompts_per_step']} prompts x {cfg['generations']} "
-             f"samples, held-out greedy accuracy ({r['seconds']:.0f} s in all; scoring {cfg['train_prompts']}"
-             f" prompts took {r['score_seconds']:.1f} s)", "",
-             f"{'':44}{'GAIN-RL':>13}{'uniform':>13}"]
-    curves = {arm: dict(r["arms"][arm]["curve"]) for arm in ("gain_rl", "uniform")}
-    for step in sorted(curves["uniform"]):
-        lines.append(f"  accuracy at step {step:<27}{acc(curves['gain_rl'].get(step)):>13}{acc(curves['uniform'][step]):>13}")
-    reach = {arm: r["arms"][arm]["steps_to_target"] for arm in curves}
-    lines.append(f"  steps to reach {r['target_accuracy']:.3f} (halfway to the best){'':4}"
-                 + "".join(f"{'not reached' if reach[arm] is None else reach[arm]:>13}" for arm in ("gain_rl", "uniform")))
-    ex = r["extrapolation"]
-    lines += ["", f"  extrapolated from steps {ex['fit_steps']} to step {ex['final_step']} (uniform run, final accuracy "
-                  f"{acc(ex['final_accuracy'])}):"]
-    for name, value in ex["accuracy"].items():
-        share = value / ex["final_accuracy"] if ex["final_accuracy"] else math.nan
-        lines.append(f"    {name:<24} accuracy {acc(value)}  ({share:.0%} of the final)")
-    for name, why in ex["not_fitted"].items():
-        lines.append(f"    {name:<24} {why}")
-    r1 = r["rank1"]
-    lines += [f"  rank-1 model (W0 + ||dW|| u1 v1^T) accuracy {acc(r1['accuracy'])} vs full update {acc(r1['full_accuracy'])}"
-              f" (gain recovered {r1['gain_recovered']:.0%}; mean sigma1^2/||dW||^2 {r1['mean_rank1_energy']:.2f})",
-              f"  bf16 entries unchanged: RL update {r['bf16_sparsity']['rl']:.1%}, SFT update "
-              f"{r['bf16_sparsity']['sft']:.1%}",
-              f"  angle signal vs step first answered right (probe prompts): Spearman "
-              f"{r['angle_vs_learning']['spearman']:.2f} (negative = high angle learnt sooner)"]
+             f"samples, {cfg['eval_prompts']} held-out problems ({r['seconds']:.0f} s in all; scoring "
+             f"{cfg['train_prompts']} prompts took {r['score_seconds']:.1f} s)", "",
+             f"  greedy accuracy at step{'':21}{'GAIN-RL':>13}{'uniform':>13}"]
+    for i, step in enumerate(raw["eval_steps"]):
+        lines.append(f"  {step:<44}{np.mean(raw['gain_rl_correct'][i]):>13.3f}{np.mean(raw['uniform_correct'][i]):>13.3f}")
+    lines += ["", f"  testbed (uniform run){'':23}{'start [95% CI]':>22}{'end [95% CI]':>24}"]
+    for row in r["testbed"]:
+        lines.append(f"  {row['figure']:<44}{Estimate(**row['start']).format():>22}{Estimate(**row['end']).format():>24}")
+    claims = [Claim(c["name"], c["paper"], Estimate(c["value"], c["low"], c["high"]), c["threshold"], c["side"],
+                    c["note"], c["spec"]) for c in r["claims"]]
+    lines += ["", "  claims (verdict: holds / does not = the whole 95% interval is on one side of the paper's "
+                  "threshold; one seed: intervals over problems or modules only)", format_claims(claims)]
+    for name, why in r["not_fitted"].items():
+        lines.append(f"  {name}: {why}")
     return "\n".join(lines)

@@ -1,41 +1,52 @@
-"""GAIN-RL prompt selection inside TRL's GRPOTrainer and RLOOTrainer.
+"""GAIN-RL prompt selection in TRL's GRPOTrainer and RLOOTrainer, through TRL's public extension points.
 
-    from rlsignals.integrations.trl import attach_gain_rl
+    from rlsignals.integrations.trl import GainRLGRPOTrainer   # or GainRLRLOOTrainer
 
-    trainer = GRPOTrainer(model=..., reward_funcs=[...], args=config, train_dataset=dataset)
-    sampler = attach_gain_rl(trainer, scores)   # one angle score per row of train_dataset
-    trainer.train()                             # or trainer.train(resume_from_checkpoint=True)
+    trainer = GainRLGRPOTrainer(model=..., reward_funcs=[...], args=config, train_dataset=dataset,
+                                gain_rl_scores=scores)      # one angle score per row of train_dataset
+    trainer.train()                                         # or trainer.train(resume_from_checkpoint=True)
 
-What ``attach_gain_rl`` changes, on that trainer instance only:
+``GainRLMixin`` (put it before any GRPOTrainer/RLOOTrainer subclass:
+``class MyTrainer(GainRLMixin, GRPOTrainer)``) takes three keyword arguments
+beside the trainer's own: ``gain_rl_scores`` (a sequence or tensor of one score
+per row, the name of a column of the train dataset, or a ready
+:class:`~rlsignals.signals.samplers.GainRLSampler` whose batch_size is
+``generation_batch_size // num_generations``), ``gain_rl_accuracy`` (below) and
+``gain_rl_options`` (a dict for GainRLSampler: sigma, sigma_fraction, mu, n,
+beta, alpha, acc_scale, adj_min, adj_max, two_way, seed; the seed defaults to
+``args.seed``). What it uses, all public:
 
-- ``_get_train_sampler`` returns a :class:`GainRLRepeatSampler`: TRL's
-  RepeatSampler layout with the unique prompts of each chunk drawn by
-  :class:`~rlsignals.signals.samplers.GainRLSampler`.
-- ``train_dataset`` gains a column ``rlsignals_row`` (the row's index), which
-  reward functions also receive as a keyword argument (TRL passes every column).
-- ``_calculate_rewards`` is wrapped: in training, after TRL has computed and
-  gathered the rewards of a generation batch over all ranks, the batch's row
-  indices are gathered the same way and queued. Wrapping this one method
-  (rather than each reward function) sees every kind of reward function
-  (plain, async, reward models), the None -> NaN handling and the reward
-  weights exactly as TRL applies them, and needs no second reward gather.
-- a :class:`GainRLCallback` applies one ``sampler.update`` per generation
-  batch at the end of the optimizer step that generated it, adds
-  ``gain_rl/mu``, ``gain_rl/acc`` and ``gain_rl/ang`` to the trainer's logs
-  (averaged over the logging window, like TRL's own metrics), writes the
-  sampler state to ``gain_rl_sampler.json`` in every checkpoint folder and
-  reads it back when training resumes from a checkpoint.
-- ``train`` is wrapped only to remember which checkpoint it resumes from.
+- the sampler hook: ``_get_train_sampler`` (transformers' Trainer hook for a
+  custom sampler, overridden in the subclass) returns a
+  :class:`~rlsignals.integrations.trl_sampler.GainRLRepeatSampler`: TRL's
+  RepeatSampler layout with the unique prompts of each chunk drawn by GAIN-RL;
+- the dataset: ``train_dataset`` gains a column ``rlsignals_row`` (the row's
+  index), which TRL passes to reward functions with every other column
+  (``remove_unused_columns`` must stay False, TRL's default);
+- reward functions: each callable of ``reward_funcs`` whose value counts for the
+  accuracy is wrapped (sync stays sync, async stays async, names and weights
+  unchanged, the values returned untouched) to record, on each rank, the row
+  and reward of every training completion;
+- callbacks: a :class:`GainRLCallback` gathers the recorded rows and rewards over
+  ranks (``accelerator.gather``) and applies one ``sampler.update`` per generation
+  batch at the end of the optimizer step that generated it, writes the sampler
+  state to ``gain_rl_sampler.json`` in every checkpoint folder and reads it back
+  when training resumes from a checkpoint;
+- ``log`` adds ``gain_rl/mu``, ``gain_rl/acc`` and ``gain_rl/ang`` to the
+  training logs (averaged over the logging window, like TRL's own metrics);
+- ``train`` remembers which checkpoint it resumes from.
 
-Accuracy (the ``acc`` of the update rule). ``accuracy="sum"`` (default): the
-weighted sum of all reward functions, i.e. the reward GRPO trains on, averaged
-over every completion of the generation batch. The released GAIN-RL update
-reads ``acc / 2 - beta`` (``acc_scale=0.5``), i.e. it expects a reward in
-[0, 2]: an accuracy reward plus a format reward, each 0 or 1. Pass
-``accuracy=<index or name of one reward function>`` to use that function alone;
-with a single 0/1 reward also pass ``acc_scale=1.0``, or the accuracy term of
-the update never turns positive. ``ang`` is the mean score of the batch's
-unique prompts.
+Accuracy (the ``acc`` of the update rule). ``gain_rl_accuracy="sum"`` (default):
+the weighted sum of all reward functions (``reward_weights``, None -> NaN as TRL
+does), i.e. the reward GRPO trains on, averaged over every completion of the
+generation batch; every reward function must then be a callable (a reward
+model's scores are not seen by a wrapper: name a callable instead). The released
+GAIN-RL update reads ``acc / 2 - beta`` (``acc_scale=0.5``), i.e. it expects a
+reward in [0, 2]: an accuracy reward plus a format reward, each 0 or 1. Pass
+``gain_rl_accuracy=<index or name of one reward function>`` to use that function
+alone; with a single 0/1 reward also pass ``acc_scale=1.0`` in
+``gain_rl_options``, or the accuracy term of the update never turns positive.
+``ang`` is the mean score of the batch's unique prompts.
 
 Guarantees.
 
@@ -47,10 +58,9 @@ Guarantees.
   step and epoch arithmetic is unchanged.
 - Determinism: a draw is a pure function of (seed, draw index, mu used) and
   every rank applies the same updates (from the same gathered rewards, in the
-  same order), so every rank yields the same order. The seed defaults to
-  ``args.seed``. Each generation batch is checked against the draw it should
-  be (a RuntimeError says so when the trainer fed prompts the sampler did not
-  draw).
+  same order), so every rank yields the same order. Each generation batch is
+  checked against the draw it should be (a RuntimeError says so when the
+  trainer fed prompts the sampler did not draw).
 - Resume: the checkpoint's JSON records the mu of every draw made, so the
   trainer's skipping of already-trained batches replays the same chunks, and
   when checkpoints fall on generation boundaries (always, with TRL's default
@@ -60,7 +70,7 @@ Guarantees.
   regenerates completions for the current chunk (its generation buffer and
   step counter are not checkpointed), and that chunk does not update mu a
   second time. A fresh ``train()`` (global step 0) resets the sampler to its
-  state at ``attach_gain_rl``.
+  state when the trainer was made.
 - Lag: a chunk is drawn when the DataLoader first takes one of its indices,
   which is earlier than the step that trains on it. The Trainer fetches the
   ``gradient_accumulation_steps`` batches of an optimizer step before running
@@ -71,168 +81,183 @@ Guarantees.
   0..k-2 (one generation of lag; draws 0 and 1 both use the initial mu).
   DataLoader workers add ``prefetch_factor * num_workers`` batches of lag.
   Chunk k's update itself always lands, at the end of its optimizer step.
+
+Tested with trl 1.16.0 (transformers 5.19, accelerate 1.15) on the CPU, one
+process and two (gloo).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
 import os
-from typing import Any, Iterator, Sequence
+from collections import defaultdict
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from trl import GRPOTrainer, RLOOTrainer
 
+from rlsignals.integrations.trl_sampler import ROW_COLUMN, GainRLRepeatSampler, with_row_column
+from rlsignals.integrations.trl_tracker import Rank1TrackerCallback
+from rlsignals.io.atomic import write_json_atomic
 from rlsignals.signals.samplers import GainRLSampler
 
-ROW_COLUMN = "rlsignals_row"
+__all__ = ["GainRLCallback", "GainRLGRPOTrainer", "GainRLMixin", "GainRLRLOOTrainer", "GainRLRepeatSampler",
+           "Rank1TrackerCallback", "ROW_COLUMN", "STATE_FILE", "batch_accuracy"]
+
 STATE_FILE = "gain_rl_sampler.json"
 _STATE_FORMAT = "rlsignals.gain_rl.trl/1"
 
 
-class GainRLRepeatSampler(torch.utils.data.Sampler[int]):
-    """TRL's RepeatSampler layout over chunks drawn by a GainRLSampler.
+def batch_accuracy(rewards: torch.Tensor, weights: Sequence[float] | torch.Tensor) -> float:
+    """Mean over completions of sum_f weights[f] * rewards[:, f].
 
-    Yields, for each chunk c of an epoch, draw ``epoch * chunks_per_epoch + c``
-    (``sampler.batch_size`` distinct rows), the chunk ``repeat_count`` times,
-    each index ``mini_repeat_count`` times. ``chunks_per_epoch = num_rows //
-    batch_size``, so ``len()`` equals RepeatSampler's for the same arguments.
-    The epoch is the one given to ``set_epoch`` (the Trainer and accelerate
-    call it before each pass); without it, each pass takes the next epoch.
-    Past draws are replayed with the mu they used, so re-iterating an epoch
-    (as a resumed Trainer does when it skips trained batches) yields the same
-    indices; a pass may only start where the sampler's draws reach.
+    rewards: [completions, functions], NaN where a function returned None (a
+    completion with every value NaN is left out, as TRL leaves it out of the
+    reward it trains on); weights: [functions]. NaN when no completion counts.
     """
-
-    def __init__(self, sampler: GainRLSampler, mini_repeat_count: int, repeat_count: int = 1,
-                 num_rows: int | None = None):
-        num_rows = sampler.num_rows if num_rows is None else num_rows
-        if num_rows != sampler.num_rows:
-            raise ValueError(f"the dataset has {num_rows} rows but the sampler holds {sampler.num_rows} scores "
-                             "(one score per dataset row is needed)")
-        if mini_repeat_count < 1 or repeat_count < 1:
-            raise ValueError(f"mini_repeat_count and repeat_count must be >= 1, got {mini_repeat_count} "
-                             f"and {repeat_count}")
-        self.sampler = sampler
-        self.batch_size = sampler.batch_size
-        self.mini_repeat_count = mini_repeat_count
-        self.repeat_count = repeat_count
-        self.chunks_per_epoch = num_rows // self.batch_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.chunks_per_epoch * self.batch_size * self.mini_repeat_count * self.repeat_count
-
-    def draw_index(self, epoch: int, chunk: int) -> int:
-        return epoch * self.chunks_per_epoch + chunk
-
-    def __iter__(self) -> Iterator[int]:
-        epoch = self.epoch
-        self.epoch = epoch + 1  # a pass without set_epoch takes the next epoch
-        for chunk in range(self.chunks_per_epoch):
-            k = self.draw_index(epoch, chunk)
-            made = len(self.sampler.draw_mus)
-            if k > made:
-                raise RuntimeError(f"epoch {epoch} needs draw {k}, but the sampler has made only {made} draws: "
-                                   f"restore its state (a checkpoint's {STATE_FILE}) before resuming")
-            indices = self.sampler.draw(k)
-            for _ in range(self.repeat_count):
-                for index in indices:
-                    for _ in range(self.mini_repeat_count):
-                        yield index
+    rewards = rewards.detach().double().cpu()
+    weights = torch.as_tensor(weights, dtype=torch.float64).cpu()
+    if rewards.dim() != 2 or rewards.shape[1] != weights.numel():
+        raise ValueError(f"rewards must be [completions, {weights.numel()}] (one column per weight), "
+                         f"got {list(rewards.shape)}")
+    values = (rewards * weights).nansum(dim=1)
+    values[torch.isnan(rewards).all(dim=1)] = torch.nan
+    return float(torch.nanmean(values))
 
 
-def _ordered_unique(values: Sequence[int]) -> list[int]:
-    return list(dict.fromkeys(values))
+def accuracy_columns(accuracy: int | str, names: Sequence[str]) -> list[int]:
+    """The reward functions whose values make the accuracy: all for ``"sum"``, else the one named or indexed."""
+    if accuracy == "sum":
+        return list(range(len(names)))
+    if isinstance(accuracy, str):
+        if accuracy not in names:
+            raise ValueError(f"gain_rl_accuracy={accuracy!r} names no reward function; they are {list(names)} "
+                             "(or pass 'sum', or an index)")
+        return [list(names).index(accuracy)]
+    if isinstance(accuracy, bool) or not isinstance(accuracy, int) or not -len(names) <= accuracy < len(names):
+        raise ValueError(f"gain_rl_accuracy={accuracy!r} is out of range for {len(names)} reward functions "
+                         "(expected 'sum', a name or an index)")
+    return [accuracy % len(names)]
 
 
-def _write_json_atomic(path: str, payload: dict) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(payload, f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def _is_async(func: Callable) -> bool:
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
 
 
 class GainRLCallback(TrainerCallback):
-    """Updates, logs, saves and restores a GainRLSampler inside a TRL trainer.
+    """Updates, saves and restores a GainRLSampler inside a TRL trainer (made by :class:`GainRLMixin`).
 
-    Made by :func:`attach_gain_rl`; it relies on the wrapped
-    ``_calculate_rewards`` to queue each generation batch's gathered row
-    indices and rewards (``pending``).
+    ``observe`` wraps the reward functions that make the accuracy; their values
+    on training completions are kept per rank until ``on_step_end`` gathers them
+    over ranks and applies one update per generation batch.
     """
 
     def __init__(self, trainer: Any, sampler: GainRLSampler, accuracy: int | str = "sum"):
         self.trainer = trainer
         self.sampler = sampler
         self.accuracy = accuracy
-        self.pending: list[tuple[list[int], torch.Tensor]] = []
+        self.columns = accuracy_columns(accuracy, list(trainer.reward_func_names))
+        weights = torch.as_tensor(trainer.reward_weights, dtype=torch.float64).cpu()
+        self.weights = weights[self.columns] if accuracy == "sum" else torch.ones(1, dtype=torch.float64)
+        self.recorded: dict[int, list[tuple[list[int], list[float]]]] = {c: [] for c in self.columns}
         self.next_chunk = 0          # draw index of the next chunk whose rewards update mu
         self.resume_from: str | None = None
         self.initial_state = sampler.state_dict()
+        self.window: dict[str, list[float]] = defaultdict(list)
 
-    # -- rewards -> update -------------------------------------------------
-    def batch_accuracy(self, rewards: torch.Tensor) -> float:
-        """Mean over completions of the chosen accuracy (NaN rows excluded)."""
-        rewards = rewards.detach().float().cpu()
-        if self.accuracy == "sum":
-            weights = torch.as_tensor(self.trainer.reward_weights, dtype=torch.float32).cpu()
-            values = (rewards * weights).nansum(dim=1)
-            values[torch.isnan(rewards).all(dim=1)] = torch.nan
+    # -- reward functions -> records ----------------------------------------
+    def observe(self, reward_funcs: Sequence[Any]) -> list[Any]:
+        """``reward_funcs`` with each function of the accuracy wrapped to record its training values."""
+        names = list(self.trainer.reward_func_names)
+        observed = list(reward_funcs)
+        for c in self.columns:
+            func = observed[c]
+            if isinstance(func, torch.nn.Module) or not callable(func):
+                callables = [n for n, f in zip(names, observed) if not isinstance(f, torch.nn.Module)]
+                raise ValueError(f"reward function {names[c]!r} is a reward model: GAIN-RL sees the values of "
+                                 "callable reward functions only; pass gain_rl_accuracy=<name or index of a callable "
+                                 f"reward> (the callables are {callables})")
+            observed[c] = self._wrap(func, c)
+        return observed
+
+    def _wrap(self, func: Callable, column: int) -> Callable:
+        if _is_async(func):
+            async def observed(*args, **kwargs):
+                values = await func(*args, **kwargs)
+                self.record(column, kwargs, values)
+                return values
         else:
-            values = rewards[:, self.accuracy_column()]
-        return float(torch.nanmean(values))
+            def observed(*args, **kwargs):
+                values = func(*args, **kwargs)
+                self.record(column, kwargs, values)
+                return values
+        return functools.wraps(func)(observed)
 
-    def accuracy_column(self) -> int:
-        names = list(getattr(self.trainer, "reward_func_names", []))
-        if isinstance(self.accuracy, str):
-            if self.accuracy not in names:
-                raise ValueError(f"accuracy={self.accuracy!r} names no reward function; they are {names} "
-                                 "(or pass 'sum', or an index)")
-            return names.index(self.accuracy)
-        count = len(self.trainer.reward_weights)
-        if not -count <= self.accuracy < count:
-            raise ValueError(f"accuracy={self.accuracy} is out of range for {count} reward functions")
-        return self.accuracy
+    def record(self, column: int, kwargs: dict, values: Sequence[float | None]) -> None:
+        """Keep the rows and values of one reward function on one training generation batch."""
+        if not self.trainer.model.training or ROW_COLUMN not in kwargs:
+            return  # evaluation: its prompts are not the sampler's
+        rows = [int(row) for row in kwargs[ROW_COLUMN]]
+        self.recorded[column].append((rows, [math.nan if v is None else float(v) for v in values]))
 
-    def apply_pending(self) -> None:
-        for gathered, rewards in self.pending:
-            rows = _ordered_unique(gathered)
+    def gathered(self) -> list[tuple[list[int], torch.Tensor]]:
+        """The recorded generation batches, gathered over ranks: (rows, rewards [completions, columns])."""
+        counts = {c: len(batches) for c, batches in self.recorded.items()}
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(f"the accuracy's reward functions were called a different number of times {counts}")
+        batches = []
+        for b in range(next(iter(counts.values()))):
+            rows = self.recorded[self.columns[0]][b][0]
+            local = torch.tensor([rows] + [self.recorded[c][b][1] for c in self.columns], dtype=torch.float64).T
+            every = self.trainer.accelerator.gather(local.to(self.trainer.accelerator.device)).cpu()
+            batches.append(([int(r) for r in every[:, 0].tolist()], every[:, 1:]))
+        for c in self.columns:
+            self.recorded[c].clear()
+        return batches
+
+    # -- records -> update -------------------------------------------------
+    def apply(self, batches: list[tuple[list[int], torch.Tensor]]) -> None:
+        """One update per generation batch, in order; each batch must be the next draw."""
+        for gathered_rows, rewards in batches:
+            rows = list(dict.fromkeys(gathered_rows))
             k = self.next_chunk
             if k < len(self.sampler.draw_mus) and rows == self.sampler.draw(k):
-                acc = self.batch_accuracy(rewards)
+                self.next_chunk += 1
+                acc = batch_accuracy(rewards, self.weights)
                 if math.isnan(acc):  # every completion unscorable: nothing to learn from
-                    self.next_chunk += 1
                     continue
                 ang = float(self.sampler.scores[torch.as_tensor(rows)].mean())
                 mu = self.sampler.update(acc, ang)
-                self.next_chunk += 1
-                metrics = getattr(self.trainer, "_metrics", None)
-                if metrics is not None:
-                    for key, value in (("mu", mu), ("acc", acc), ("ang", ang)):
-                        metrics["train"][f"gain_rl/{key}"].append(value)
+                for key, value in (("mu", mu), ("acc", acc), ("ang", ang)):
+                    self.window[f"gain_rl/{key}"].append(value)
             elif k > 0 and rows == self.sampler.draw(k - 1):
                 continue  # completions regenerated for a chunk already counted (resume inside a chunk)
             else:
                 raise RuntimeError(f"the trainer scored prompts {rows[:8]}{'...' if len(rows) > 8 else ''}, which "
-                                   f"are not the sampler's draw {k}; was the train dataloader built before "
-                                   "attach_gain_rl, or its sampler replaced?")
-        self.pending.clear()
+                                   f"are not the sampler's draw {k}; was the train sampler or dataset replaced?")
+
+    def pop_metrics(self) -> dict[str, float]:
+        """The means of gain_rl/mu, acc, ang since the last call."""
+        metrics = {key: sum(values) / len(values) for key, values in self.window.items() if values}
+        self.window.clear()
+        return metrics
 
     # -- trainer events ----------------------------------------------------
     def on_step_end(self, args, state, control, **kwargs):
-        self.apply_pending()
+        self.apply(self.gathered())
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.pending.clear()
-        if state.global_step == 0:  # a fresh start (or a retry of one): the sampler as it was attached
+        for batches in self.recorded.values():
+            batches.clear()
+        self.window.clear()
+        if state.global_step == 0:  # a fresh start (or a retry of one): the sampler as it was made
             self.sampler.load_state_dict(self.initial_state)
             self.next_chunk = 0
             return
@@ -244,184 +269,81 @@ class GainRLCallback(TrainerCallback):
         with open(path) as f:
             payload = json.load(f)
         if payload.get("format") != _STATE_FORMAT:
-            raise ValueError(f"{path}: not a GAIN-RL sampler state (format {payload.get('format')!r})")
+            raise ValueError(f"{path}: not a GAIN-RL sampler state (format {payload.get('format')!r}, "
+                             f"expected {_STATE_FORMAT!r})")
         self.sampler.load_state_dict(payload["sampler"])
         self.next_chunk = int(payload["next_chunk"])
 
     def on_save(self, args, state, control, **kwargs):
-        if not args.should_save:
-            return
-        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if os.path.isdir(folder):
-            _write_json_atomic(os.path.join(folder, STATE_FILE), {
+        if args.should_save:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            write_json_atomic(os.path.join(folder, STATE_FILE), {
                 "format": _STATE_FORMAT, "global_step": state.global_step, "next_chunk": self.next_chunk,
-                "accuracy": self.accuracy, "sampler": self.sampler.state_dict()})
+                "accuracy": self.accuracy, "sampler": self.sampler.state_dict()}, indent=None)
 
 
-def _scores_from(trainer: Any, scores: Any) -> Any:
+def _make_sampler(scores: Any, dataset: Any, batch_size: int, options: dict, seed: int) -> GainRLSampler:
+    if isinstance(scores, GainRLSampler):
+        if options:
+            raise TypeError(f"gain_rl_options {sorted(options)} given with a ready GainRLSampler")
+        if scores.batch_size != batch_size:
+            raise ValueError(f"gain_rl_scores: the sampler draws {scores.batch_size} prompts, but each generation "
+                             f"batch holds {batch_size} (generation_batch_size // num_generations)")
+        return scores
     if isinstance(scores, str):
-        dataset = trainer.train_dataset
         columns = getattr(dataset, "column_names", None) or []
         if scores not in columns:
-            raise ValueError(f"scores={scores!r} names no column of the train dataset (columns: {columns})")
-        return dataset[scores]
-    return scores
+            raise ValueError(f"gain_rl_scores={scores!r} names no column of the train dataset (columns: {columns})")
+        scores = dataset[scores]
+    return GainRLSampler(scores, batch_size, **{"seed": seed, **options})
 
 
-def _add_row_column(trainer: Any) -> None:
-    dataset = trainer.train_dataset
-    if isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__len__"):
-        raise TypeError("GAIN-RL picks rows by index: the train dataset must be map-style "
-                        f"(got {type(dataset).__name__})")
-    rows = list(range(len(dataset)))
-    columns = getattr(dataset, "column_names", None)
-    if columns is None:
-        trainer.train_dataset = _RowIndexed(dataset)
-    elif ROW_COLUMN in columns:
-        if list(dataset[ROW_COLUMN]) != rows:
-            raise ValueError(f"the train dataset has a column {ROW_COLUMN!r} that is not its row index")
-    else:
-        trainer.train_dataset = dataset.add_column(ROW_COLUMN, rows)
-    # keep the column when remove_unused_columns=True
-    trainer._set_signature_columns_if_needed()
-    if ROW_COLUMN not in trainer._signature_columns:
-        trainer._signature_columns = list(trainer._signature_columns) + [ROW_COLUMN]
+class GainRLMixin:
+    """GAIN-RL prompt order for a GRPOTrainer or RLOOTrainer subclass (see the module docstring)."""
 
+    def __init__(self, *args: Any, gain_rl_scores: Sequence[float] | torch.Tensor | str | GainRLSampler,
+                 gain_rl_accuracy: int | str = "sum", gain_rl_options: dict | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if self.args.remove_unused_columns:
+            raise ValueError("GAIN-RL needs the column rlsignals_row in every batch: set remove_unused_columns=False "
+                             "in the trainer's config (TRL's default), got True")
+        batch_size = self.args.generation_batch_size // self.num_generations
+        sampler = _make_sampler(gain_rl_scores, self.train_dataset, batch_size, dict(gain_rl_options or {}),
+                                self.args.seed)
+        self.train_dataset = with_row_column(self.train_dataset)
+        if len(self.train_dataset) != sampler.num_rows:
+            raise ValueError(f"gain_rl_scores: {sampler.num_rows} scores for a train dataset of "
+                             f"{len(self.train_dataset)} rows (one per row is needed)")
+        self.gain_rl_sampler = sampler
+        self.gain_rl_callback = GainRLCallback(self, sampler, gain_rl_accuracy)
+        self.reward_funcs = self.gain_rl_callback.observe(self.reward_funcs)
+        self.add_callback(self.gain_rl_callback)
 
-class _RowIndexed(torch.utils.data.Dataset):
-    """A map-style dataset of dict rows, with each row's index added."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        return {**self.dataset[index], ROW_COLUMN: index}
-
-
-def attach_gain_rl(trainer: Any, scores: Sequence[float] | torch.Tensor | str | GainRLSampler, *,
-                   accuracy: int | str = "sum", **sampler_kwargs: Any) -> GainRLSampler:
-    """Make a GRPOTrainer or RLOOTrainer draw its prompts with GAIN-RL.
-
-    Call before ``trainer.train()``. ``scores``: one angle score per row of
-    ``trainer.train_dataset`` (a sequence or tensor, the name of a column of the
-    dataset, or a ready GainRLSampler whose batch_size is
-    ``generation_batch_size // num_generations``). ``accuracy``: ``"sum"`` (the
-    weighted sum of all reward functions, default) or the index or name of the
-    reward function that measures accuracy. Other keyword arguments go to
-    :class:`~rlsignals.signals.samplers.GainRLSampler` (sigma, sigma_fraction, mu, n,
-    beta, alpha, acc_scale, adj_min, adj_max, two_way, seed; the seed defaults
-    to ``args.seed``). Returns the sampler; its ``history`` holds every update.
-    See the module docstring for what is changed and what is guaranteed.
-    """
-    for name in ("_get_train_sampler", "_calculate_rewards", "num_generations", "reward_weights"):
-        if not hasattr(trainer, name):
-            raise TypeError(f"{type(trainer).__name__} has no {name}: attach_gain_rl works with TRL's GRPOTrainer "
-                            "and RLOOTrainer")
-    if getattr(trainer, "_rlsignals_gain_rl", None) is not None:
-        raise RuntimeError("GAIN-RL is already attached to this trainer")
-    args = trainer.args
-    batch_size = args.generation_batch_size // trainer.num_generations
-    if isinstance(scores, GainRLSampler):
-        if sampler_kwargs:
-            raise TypeError(f"sampler options {sorted(sampler_kwargs)} given with a ready GainRLSampler")
-        sampler = scores
-        if sampler.batch_size != batch_size:
-            raise ValueError(f"the sampler draws {sampler.batch_size} prompts, but each generation batch holds "
-                             f"{batch_size} (generation_batch_size {args.generation_batch_size} // num_generations "
-                             f"{trainer.num_generations})")
-    else:
-        sampler_kwargs.setdefault("seed", args.seed)
-        sampler = GainRLSampler(_scores_from(trainer, scores), batch_size, **sampler_kwargs)
-    _add_row_column(trainer)
-    if len(trainer.train_dataset) != sampler.num_rows:
-        raise ValueError(f"the train dataset has {len(trainer.train_dataset)} rows but {sampler.num_rows} scores "
-                         "were given (one per row is needed)")
-    callback = GainRLCallback(trainer, sampler, accuracy)
-    if accuracy != "sum":
-        callback.accuracy_column()  # fail now on a bad name or index
-
-    def _get_train_sampler(dataset=None):
-        dataset = trainer.train_dataset if dataset is None else dataset
-        return GainRLRepeatSampler(sampler, mini_repeat_count=trainer.num_generations,
-                                   repeat_count=trainer.num_iterations * args.steps_per_generation,
+    def _get_train_sampler(self, dataset: Any = None) -> GainRLRepeatSampler:
+        dataset = self.train_dataset if dataset is None else dataset
+        return GainRLRepeatSampler(self.gain_rl_sampler, mini_repeat_count=self.num_generations,
+                                   repeat_count=self.num_iterations * self.args.steps_per_generation,
                                    num_rows=len(dataset))
 
-    calculate_rewards = trainer._calculate_rewards
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:  # TRL's rule for training (not evaluation) logs
+            logs.update(self.gain_rl_callback.pop_metrics())
+        super().log(logs, start_time)
 
-    def _calculate_rewards(inputs, *rest, **kwargs):
-        rewards = calculate_rewards(inputs, *rest, **kwargs)  # [all ranks' completions, reward functions]
-        if trainer.model.training:
-            try:
-                local = [int(example[ROW_COLUMN]) for example in inputs]
-            except KeyError:
-                raise RuntimeError(f"the generation batch has no {ROW_COLUMN!r} column; did something replace "
-                                   "train_dataset after attach_gain_rl?") from None
-            device = trainer.accelerator.device
-            gathered = trainer.accelerator.gather(torch.tensor(local, dtype=torch.long, device=device))
-            callback.pending.append((gathered.tolist(), rewards.detach().cpu()))
-        return rewards
-
-    train = trainer.train
-
-    def _train(resume_from_checkpoint=None, *rest, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if resume_from_checkpoint is True:
-            callback.resume_from = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+            out = self.args.output_dir
+            self.gain_rl_callback.resume_from = get_last_checkpoint(out) if os.path.isdir(out) else None
         elif isinstance(resume_from_checkpoint, (str, os.PathLike)):
-            callback.resume_from = os.fspath(resume_from_checkpoint)
+            self.gain_rl_callback.resume_from = os.fspath(resume_from_checkpoint)
         else:
-            callback.resume_from = None
-        return train(resume_from_checkpoint, *rest, **kwargs)
-
-    trainer._get_train_sampler = _get_train_sampler
-    trainer._calculate_rewards = _calculate_rewards
-    trainer.train = _train
-    trainer.add_callback(callback)
-    trainer._rlsignals_gain_rl = callback
-    return sampler
+            self.gain_rl_callback.resume_from = None
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
 
-class Rank1TrackerCallback(TrainerCallback):
-    """Runs a :class:`~rlsignals.trainer.tracker.Rank1Tracker` inside any transformers
-    Trainer (TRL's included): every ``tracker.every`` optimizer steps it records the
-    rank-1 triplet of each tracked update, with the mean of the ``reward`` values the
-    trainer logged since the previous tracked step as its accuracy (set
-    ``logging_steps`` <= ``every``; NaN when none was logged); at ``tracker.jump_at``
-    it jumps. The tracker's state is saved as ``rank1_tracker.json`` in each
-    checkpoint folder and restored by ``on_train_begin`` when resuming."""
+class GainRLGRPOTrainer(GainRLMixin, GRPOTrainer):
+    """TRL's GRPOTrainer with GAIN-RL prompt order (``gain_rl_scores=`` etc.; see the module docstring)."""
 
-    STATE = "rank1_tracker.json"
 
-    def __init__(self, tracker):
-        self.tracker = tracker
-        self._seen_logs = 0
-
-    def _accuracy(self, state) -> float:
-        rewards = [entry["reward"] for entry in state.log_history[self._seen_logs:] if "reward" in entry]
-        self._seen_logs = len(state.log_history)
-        return sum(rewards) / len(rewards) if rewards else math.nan
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        checkpoint = get_last_checkpoint(args.output_dir) if state.global_step else None
-        if checkpoint and os.path.exists(os.path.join(checkpoint, self.STATE)):
-            with open(os.path.join(checkpoint, self.STATE)) as f:
-                self.tracker.load_state_dict(json.load(f))
-        self._seen_logs = len(state.log_history)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        step = state.global_step
-        if step % self.tracker.every == 0:
-            self.tracker.track(step, self._accuracy(state))
-        if self.tracker.jump_at is not None and step == self.tracker.jump_at:
-            self.tracker.jump(self.tracker.jump_target, self.tracker.jump_update)
-
-    def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-            os.makedirs(folder, exist_ok=True)
-            tmp = os.path.join(folder, f".{self.STATE}.tmp")
-            with open(tmp, "w") as f:
-                json.dump(self.tracker.state_dict(), f)
-            os.replace(tmp, os.path.join(folder, self.STATE))
+class GainRLRLOOTrainer(GainRLMixin, RLOOTrainer):
+    """TRL's RLOOTrainer with GAIN-RL prompt order (``gain_rl_scores=`` etc.; see the module docstring)."""

@@ -27,8 +27,10 @@ from typing import NamedTuple
 import torch
 
 from rlsignals.ops.backends import resolve_backend
+from rlsignals.ops.registration import block_positions
 from rlsignals.ops.unit_sums import split_ranges, unit_sums
-from rlsignals.ops.validation import check_block_size, check_cu_seqlens, check_hidden, check_prefix_lens
+from rlsignals.ops.validation import (check_block_size, check_cu_seqlens, check_hidden, check_prefix_lens,
+                                      require_values)
 
 
 class AngleStats(NamedTuple):
@@ -63,12 +65,13 @@ def within_block_mean(sum_sq: torch.Tensor, sqsum: torch.Tensor, n: torch.Tensor
     n = n.to(torch.float64)
     sum_sq = sum_sq.to(torch.float64)
     sqsum = sqsum.to(torch.float64)
+    # denominators clamped to >= 1 where undefined, so that gradients stay finite there
     if exclude_diagonal:
-        value, defined = (sum_sq - sqsum) / (n * (n - 1)), n >= 2
+        value, defined = (sum_sq - sqsum) / (n * (n - 1)).clamp_min(1), n >= 2
     elif causal:
-        value, defined = (sum_sq + sqsum) / (n * (n + 1)), n >= 1
+        value, defined = (sum_sq + sqsum) / (n * (n + 1)).clamp_min(1), n >= 1
     else:
-        value, defined = sum_sq / (n * n), n >= 1
+        value, defined = sum_sq / (n * n).clamp_min(1), n >= 1
     return torch.where(defined, value, torch.nan).to(torch.float32)
 
 
@@ -107,11 +110,14 @@ def angle_stats_spans(hidden: torch.Tensor, starts: torch.Tensor, splits: torch.
     """
     num_rows = hidden.shape[0]
     bounds = torch.stack([starts, splits, ends], 1).flatten()
-    if bounds.numel() and (bool((bounds.diff() < 0).any()) or int(bounds[0]) < 0 or int(bounds[-1]) > num_rows):
-        raise ValueError("spans must be ordered, non-overlapping and inside hidden's rows")
+    message = "spans must be ordered, non-overlapping and inside hidden's rows"
+    if bounds.numel() and not require_values((bounds.diff() >= 0).all() & (bounds[0] >= 0) & (bounds[-1] <= num_rows),
+                                             message):
+        raise ValueError(message)
     name = resolve_backend(backend, hidden.device)
     # partition: [0, s_0) junk, P_0, Q_0, [e_0, s_1) junk, P_1, Q_1, ..., [e_last, T) junk
-    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), bounds, torch.full((1,), num_rows)])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64, device=bounds.device), bounds,
+                         torch.full((1,), num_rows, device=bounds.device)])
     sums, sqsums = unit_sums(hidden, offsets, name)
     sum_p, sum_q, sq_q = sums[1::3], sums[2::3], sqsums[2::3]
     n_p = (splits - starts).to(hidden.device)
@@ -119,7 +125,7 @@ def angle_stats_spans(hidden: torch.Tensor, starts: torch.Tensor, splits: torch.
 
     intra = within_block_mean(sum_q.square().sum(1), sq_q, n_q, exclude_diagonal=exclude_diagonal, causal=causal)
     pairs = (n_q * n_p).to(torch.float64)
-    inter = (sum_q * sum_p).sum(1).to(torch.float64) / pairs
+    inter = (sum_q * sum_p).sum(1).to(torch.float64) / pairs.clamp_min(1)
     inter = torch.where(pairs > 0, inter, torch.nan).to(torch.float32)
     return AngleStats(intra=intra, inter=inter)
 
@@ -140,30 +146,36 @@ def block_cosine(hidden: torch.Tensor, cu_seqlens: torch.Tensor, block_size: int
     block_size = check_block_size(block_size)
     name = resolve_backend(backend, hidden.device)
     device = hidden.device
+    num_seqs = cu.numel() - 1
 
-    offsets, blocks_per_seq = split_ranges(cu, block_size)
-    sums, sqsums = unit_sums(hidden, offsets, name)
-    num_seqs = blocks_per_seq.numel()
-    nb = int(blocks_per_seq.max()) if num_seqs else 0
-    seq_of = torch.repeat_interleave(torch.arange(num_seqs), blocks_per_seq)
-    block_of = torch.arange(seq_of.numel()) - (torch.cumsum(blocks_per_seq, 0) - blocks_per_seq)[seq_of]
-    lens = offsets.diff()
+    # blocks as pieces of block_size rows, padded to a count set by the shapes (split_ranges)
+    pieces, blocks = split_ranges(cu.to(device), hidden.shape[0], block_size)
+    sums, sqsums = unit_sums(hidden, pieces, name)
+    blocks_per_seq = blocks[:num_seqs]
+    nb = block_positions(blocks_per_seq).shape[0]
+    lens = pieces.diff()
+    piece = torch.arange(lens.shape[0], device=device)
+    ends = torch.cumsum(blocks_per_seq, 0)
+    seq_of = torch.searchsorted(ends, piece, right=True)  # num_seqs for the padding pieces
+    padding = seq_of >= num_seqs
+    first = torch.cat([ends.new_zeros(1), ends])[seq_of]
+    block_of = torch.where(padding, nb, piece - first)
+    # [B + 1, NB + 1] slots: padding pieces land in the extra row and column, then dropped
+    def scatter(values: torch.Tensor) -> torch.Tensor:
+        out = values.new_zeros(num_seqs + 1, nb + 1, *values.shape[1:])
+        return out.index_put((seq_of, block_of), values)[:num_seqs, :nb]
 
-    block_lens = torch.zeros(num_seqs, nb, dtype=torch.int64)
-    block_lens[seq_of, block_of] = lens
-    seq_of, block_of, lens, block_lens = (t.to(device) for t in (seq_of, block_of, lens, block_lens))
-
-    means = torch.zeros(num_seqs, nb, sums.shape[1], dtype=torch.float32, device=device)
-    means[seq_of, block_of] = sums / lens[:, None]
-    cosine = torch.bmm(means, means.transpose(1, 2))
-    cosine[seq_of, block_of, block_of] = within_block_mean(
-        sums.square().sum(1), sqsums, lens, exclude_diagonal=exclude_diagonal, causal=causal)
+    block_lens = scatter(lens)
+    means = scatter(sums / lens.clamp_min(1)[:, None])
+    within = scatter(within_block_mean(sums.square().sum(1), sqsums, lens, exclude_diagonal=exclude_diagonal,
+                                       causal=causal))
+    cosine = torch.diagonal_scatter(torch.bmm(means, means.transpose(1, 2)), within, dim1=1, dim2=2)
 
     exists = block_lens > 0
     valid = exists[:, :, None] & exists[:, None, :]
     if causal:
-        valid &= torch.ones(nb, nb, dtype=torch.bool, device=device).tril()
+        valid = valid & torch.ones(nb, nb, dtype=torch.bool, device=device).tril()
     if exclude_diagonal:
-        valid[seq_of, block_of, block_of] &= lens >= 2
+        valid = torch.diagonal_scatter(valid, exists & (block_lens >= 2), dim1=1, dim2=2)
     cosine = torch.where(valid, cosine, torch.nan)
     return BlockCosine(cosine=cosine, valid=valid, block_lens=block_lens)

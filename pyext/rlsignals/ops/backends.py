@@ -1,8 +1,24 @@
-"""Backend choice: which implementation of an op runs for a given device.
+"""The backend table: which implementation of each op runs, chosen once per call.
+
+Backends: "torch" (readable torch code in the op's module, always live), "cpp"
+(the extension's CPU kernels), "cuda" (its CUDA kernels), "triton" (Triton
+kernels; on a GPU, or on the CPU under TRITON_INTERPRET=1). The compiled
+kernels are the ops of ``ops/registration.py``:
+
+    op               cpp / cuda                       triton
+    unit_sums        torch.ops.rlsignals.unit_sums    torch.ops.rlsignals_triton.unit_sums
+    delta_products   torch.ops.rlsignals.delta_products  torch.ops.rlsignals_triton.delta_products
+
+"cpp" and "cuda" are the CPU and CUDA kernels of one torch op: the table only
+lets "cpp" run on CPU tensors and "cuda" on CUDA tensors, so the dispatcher's
+choice by device is always the one made here. Whether a kernel exists is read
+from the extension's own list of what it registered (``ExtensionStatus.kernels``,
+e.g. "unit_sums:CUDA"), not from dispatcher internals.
 
 ``auto`` takes the CUDA kernels, then Triton, for CUDA tensors and the C++
-kernels for CPU tensors, falling back to torch with one warning when an
-extension is not available. An explicit choice that cannot run raises.
+kernels for CPU tensors, falling back to torch with one warning when none of
+them has a kernel for the op. An explicit choice that
+cannot run raises.
 """
 
 from __future__ import annotations
@@ -10,12 +26,15 @@ from __future__ import annotations
 import functools
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 
-from rlsignals.ops.extension import load_extension
+from rlsignals.ops.registration import compiled_ops, triton_ops
 
 BACKENDS = ("torch", "cpp", "triton", "cuda")
+OPS = ("unit_sums", "delta_products")
+_DISPATCH_KEY = {"cpp": "CPU", "cuda": "CUDA"}
 _warned: set[str] = set()
 
 
@@ -45,7 +64,7 @@ def _triton_status() -> tuple[bool, str]:
 
 def available_backends() -> dict[str, tuple[bool, str]]:
     """Map backend name -> (live, reason). Builds the extension if needed."""
-    ext = load_extension()
+    ext = compiled_ops()
     cuda_live = ext.cuda and torch.cuda.is_available()
     cuda_reason = ext.cuda_reason if not ext.cuda else ("built" if cuda_live else "built, but no CUDA device")
     return {
@@ -56,35 +75,66 @@ def available_backends() -> dict[str, tuple[bool, str]]:
     }
 
 
-def _warn_once(key: str, message: str) -> None:
+def op_status(op: str, backend: str) -> tuple[bool, str]:
+    """Whether ``backend`` can run ``op`` here (the backend is live and has a kernel for it)."""
+    if op not in OPS:
+        raise ValueError(f"op must be one of {OPS}, got {op!r}")
+    live, reason = available_backends()[backend]
+    if live and backend in _DISPATCH_KEY:
+        key = _DISPATCH_KEY[backend]
+        if f"{op}:{key}" not in compiled_ops().kernels:
+            return False, f"the built extension has no {key} kernel for {op}"
+    return live, reason
+
+
+def kernel(op: str, backend: str) -> Callable:
+    """The torch op that runs ``op`` on a compiled ``backend`` ("cpp", "cuda" or "triton")."""
+    if backend == "triton":
+        return getattr(triton_ops(), op)
+    if backend not in _DISPATCH_KEY:
+        raise ValueError(f"backend must be 'cpp', 'cuda' or 'triton' for a compiled kernel, got {backend!r}")
+    compiled_ops()
+    return getattr(torch.ops.rlsignals, op)
+
+
+def warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=4)
+        warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The backend that will run on ``device`` for the requested ``backend``."""
-    if backend != "auto" and backend not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-    status = available_backends()
+def _check_device(backend: str, device: torch.device) -> None:
     on_cuda = device.type == "cuda"
-    if backend == "auto":
-        for name in (("cuda", "triton") if on_cuda else ("cpp",)):
-            if status[name][0]:
-                return name
-        tried = "cuda/triton" if on_cuda else "cpp"
-        _warn_once(f"fallback-{device.type}",
-                   f"rlsignals: no compiled {tried} backend for {device.type} tensors "
-                   f"({status['cuda' if on_cuda else 'cpp'][1]}); using the torch backend. "
-                   "Run `rlsignals doctor` for details.")
-        return "torch"
-    live, reason = status[backend]
-    if not live:
-        raise RuntimeError(f"backend {backend!r} is not available: {reason}")
     if backend == "cpp" and on_cuda:
         raise ValueError("backend 'cpp' runs on CPU tensors; got tensors on " + str(device))
     if backend == "cuda" and not on_cuda:
         raise ValueError("backend 'cuda' runs on CUDA tensors; got tensors on " + str(device))
     if backend == "triton" and not on_cuda and not triton_interpreter():
         raise ValueError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
-    return backend
+
+
+@torch.compiler.assume_constant_result
+def resolve_backend(backend: str, device: torch.device, op: str = "unit_sums") -> str:
+    """The backend that runs ``op`` on ``device`` for the requested ``backend``.
+
+    A constant for torch.compile: the choice is made once, while tracing, and
+    the graph calls that backend's op.
+    """
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        live, reason = op_status(op, backend)
+        if not live:
+            raise RuntimeError(f"backend {backend!r} is not available for {op}: {reason}")
+        _check_device(backend, device)
+        return backend
+    tried = []
+    for name in (("cuda", "triton") if device.type == "cuda" else ("cpp",)):
+        live, reason = op_status(op, name)
+        if live:
+            return name
+        tried.append((name, reason))
+    warn_once(f"fallback-{op}-{device.type}",
+               f"rlsignals: no compiled {'/'.join(n for n, _ in tried)} backend for {device.type} tensors "
+               f"({tried[0][1]}); using the torch backend. Run `rlsignals doctor` for details.")
+    return "torch"

@@ -20,6 +20,9 @@ G = dW^T dW (n x n). An m < n matrix costs the same per element as an m > n one
 the size of the Z accumulator, n x p. ``delta_svd`` therefore never transposes;
 it only makes rows contiguous.
 
+The kernels are the op delta_products (``ops/registration.py``); its outputs never
+require grad, on every backend.
+
 Rounding contract every backend meets (``ops/svd.py`` certifies with it):
 entries of D are the inputs' difference rounded once to the accumulation dtype;
 each entry of Y and Z is a sum of n (resp. m) products in any order; frob2 sums
@@ -30,8 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from rlsignals.ops.extension import _has_kernel, load_extension
-from rlsignals.ops.backends import _warn_once, available_backends
+from rlsignals.ops.backends import kernel, op_status, warn_once
 
 # Widest X a compiled kernel takes in one pass; wider blocks run in column groups.
 MAX_KERNEL_COLS = 32
@@ -39,9 +41,10 @@ MAX_KERNEL_COLS = 32
 _TORCH_CHUNK_ELEMS = 1 << 22
 
 
+@torch.no_grad()
 def gram_product_torch(after: torch.Tensor, before: torch.Tensor | None, x: torch.Tensor,
                        members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pure-torch version of ``delta_gram_product`` (same arguments and results)."""
+    """Pure-torch version of the delta_products op (same arguments and results; no gradient)."""
     b, n, p = x.shape
     m = after.shape[1]
     y = x.new_empty(b, m, p)
@@ -60,51 +63,26 @@ def gram_product_torch(after: torch.Tensor, before: torch.Tensor | None, x: torc
     return y, z, frob2
 
 
-def _triton_product(after, before, x, members):
-    from rlsignals.triton_kernels.delta_products import delta_gram_product as triton_product
-
-    return triton_product(after, before, x, members)
-
-
-def _cpp_product(after, before, x, members):
-    load_extension()
-    return torch.ops.rlsignals.delta_gram_product(after, before, x, members)
-
-
-_COMPILED = {"cpp": (_cpp_product, "CPU"), "cuda": (_cpp_product, "CUDA"), "triton": (_triton_product, None)}
-
-
-def product_available(backend: str) -> tuple[bool, str]:
-    """Whether ``backend`` has a delta_gram_product kernel (the generic backend status, and
-    for compiled backends whether this op is registered in the built extension)."""
-    live, reason = available_backends()[backend]
-    if not live or backend not in ("cpp", "cuda"):
-        return live, reason
-    load_extension()
-    key = _COMPILED[backend][1]
-    if not _has_kernel("delta_gram_product", key):
-        return False, f"the built extension has no {key} kernel for delta_gram_product"
-    return True, reason
-
-
 def product_backend(backend: str, requested: str) -> str:
-    """The backend that runs the products, given the op-wide choice ``backend`` (already
-    resolved for the device). ``auto`` falls back (Triton, then torch) with one warning when
-    the resolved backend has no product kernel; an explicit choice that cannot run raises."""
-    live, reason = product_available(backend)
+    """``backend`` (resolve_backend's choice for the device) if it has a delta_products kernel
+    in the backend table (ops/backends.py), else, for ``requested == "auto"``, Triton or torch
+    with one warning; an explicit choice that cannot run raises. (Equivalent to
+    ``resolve_backend(requested, device, "delta_products")``, which new callers use.)"""
+    live, reason = op_status("delta_products", backend)
     if live:
         return backend
     if requested != "auto":
-        raise RuntimeError(f"backend {backend!r} cannot run delta_svd: {reason}")
-    fallback = "triton" if backend == "cuda" and product_available("triton")[0] else "torch"
-    _warn_once(f"delta-product-{backend}",
-               f"rlsignals: delta_svd has no {backend} product kernel ({reason}); using {fallback}.")
+        raise RuntimeError(f"backend {backend!r} is not available for delta_products: {reason}")
+    fallback = "triton" if backend == "cuda" and op_status("delta_products", "triton")[0] else "torch"
+    warn_once(f"fallback-delta_products-{backend}",
+              f"rlsignals: delta_products has no {backend} kernel ({reason}); using {fallback}.")
     return fallback
 
 
 def delta_gram_product(after: torch.Tensor, before: torch.Tensor | None, x: torch.Tensor,
                        members: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Y = dW X, Z = dW^T Y and ||dW||_F^2 for the listed members, in one pass each.
+    """Y = dW X, Z = dW^T Y and ||dW||_F^2 for the listed members, in one pass each (the
+    delta_products op on ``backend``, a name resolve_backend returned). Outputs never require grad.
 
     after, before: [B, m, n] float32/float16/bfloat16 with contiguous rows (before may be
         None: dW = after). x: [b, n, p] float32 or float64; block i of the
@@ -115,9 +93,9 @@ def delta_gram_product(after: torch.Tensor, before: torch.Tensor | None, x: torc
     """
     if backend == "torch":
         return gram_product_torch(after, before, x, members)
-    kernel = _COMPILED[backend][0]
+    op = kernel("delta_products", backend)
     members = members.to(after.device)
     if x.shape[2] <= MAX_KERNEL_COLS:
-        return kernel(after, before, x.contiguous(), members)
-    parts = [kernel(after, before, cols.contiguous(), members) for cols in x.split(MAX_KERNEL_COLS, dim=2)]
+        return op(after, before, x.contiguous(), members)
+    parts = [op(after, before, cols.contiguous(), members) for cols in x.split(MAX_KERNEL_COLS, dim=2)]
     return torch.cat([q[0] for q in parts], 2), torch.cat([q[1] for q in parts], 2), parts[0][2]

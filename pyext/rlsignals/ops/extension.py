@@ -2,11 +2,17 @@
 
 The C++ CPU kernels and, where torch has CUDA and nvcc is found, the CUDA
 kernels are compiled with ninja through ``torch.utils.cpp_extension`` on first
-use and cached under ``$RLSIGNALS_BUILD_DIR`` (default
-``~/.cache/rlsignals/build/<torch>-<cuda>-<cpu flags hash>``; the CPU code is
-built with ``-march=native``, so the cache is keyed by the CPU's features).
-A failed build never breaks ``import rlsignals``: the ops fall back to torch
-and ``rlsignals doctor`` prints the reason.
+use and cached under ``<root>/<key>/{cpu,cuda}``: root is ``$RLSIGNALS_BUILD_DIR``
+(default ``~/.cache/rlsignals/build``) and the key names the Python, torch,
+CUDA and CPU (the CPU code is built with ``-march=native``) and ends with a
+hash of every C++/CUDA source and header in ``csrc/`` and of the build flags.
+Two checkouts of different sources thus never share a build, and a process
+never loads a library built from other sources. A failed build never breaks
+``import rlsignals``: the ops fall back to torch and ``rlsignals doctor`` prints
+the reason.
+
+Which kernels a build registered is read from the library itself
+(``torch.ops.rlsignals.registered_kernels()``, filled by csrc/bindings/registry.h).
 """
 
 from __future__ import annotations
@@ -23,18 +29,25 @@ from pathlib import Path
 import torch
 
 EXTENSION_NAME = "rlsignals_C"
-CPU_SOURCES = ("unit_sums.cpp", "bindings/ops.cpp", "delta_products.cpp", "bindings/svd_ops.cpp")
-CUDA_SOURCES = ("cuda/unit_sums.cu", "cuda/delta_products.cu", "bindings/cuda_ops.cpp")
+CPU_SOURCES = ("unit_sums.cpp", "delta_products.cpp", "bindings/schema.cpp", "bindings/unit_sums_cpu.cpp",
+               "bindings/delta_products_cpu.cpp")
+CUDA_SOURCES = ("cuda/unit_sums.cu", "cuda/delta_products.cu", "bindings/unit_sums_cuda.cpp",
+                "bindings/delta_products_cuda.cpp")
+SOURCE_SUFFIXES = (".h", ".cpp", ".cu", ".cuh")
+CFLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17")
+LDFLAGS = ("-fopenmp",)
+CUDA_CFLAGS = ("-O3", "-std=c++17")
 
 
 @dataclasses.dataclass(frozen=True)
 class ExtensionStatus:
-    """What the last build produced: which kernels are registered, and why not."""
+    """What the last build produced: which kernels are registered ("op:KEY"), and why not."""
 
     cpu: bool
     cuda: bool
     cpu_reason: str
     cuda_reason: str
+    kernels: frozenset[str] = frozenset()
 
 
 def source_dir() -> Path:
@@ -54,13 +67,24 @@ def _cpu_fingerprint() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:10]
 
 
-def build_dir() -> Path:
-    """Where the compiled extension is cached."""
-    if os.environ.get("RLSIGNALS_BUILD_DIR"):
-        return Path(os.environ["RLSIGNALS_BUILD_DIR"])
+def source_hash(src: Path | None = None) -> str:
+    """sha256 (16 hex digits) of every source and header under ``src`` (default
+    ``source_dir()``), by relative path and content, and of the build flags."""
+    src = source_dir() if src is None else src
+    digest = hashlib.sha256(repr((CFLAGS, LDFLAGS, CUDA_CFLAGS)).encode())
+    for path in sorted(p for p in src.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()):
+        digest.update(path.relative_to(src).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def build_dir(src: Path | None = None) -> Path:
+    """Where the extension compiled from ``src`` (default ``source_dir()``) is cached."""
+    root = os.environ.get("RLSIGNALS_BUILD_DIR") or Path.home() / ".cache" / "rlsignals" / "build"
     cuda = f"cu{torch.version.cuda}" if torch.version.cuda else "cpu"
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{cuda}-{_cpu_fingerprint()}"
-    return Path.home() / ".cache" / "rlsignals" / "build" / tag.replace("+", "_")
+    tag = (f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{cuda}-"
+           f"{_cpu_fingerprint()}-src{source_hash(src)}")
+    return Path(root) / tag.replace("+", "_")
 
 
 def _cuda_unavailable_reason() -> str:
@@ -80,7 +104,7 @@ def _compile(with_cuda: bool) -> None:
 
     src = source_dir()
     sources = [str(src / s) for s in CPU_SOURCES + (CUDA_SOURCES if with_cuda else ())]
-    out = build_dir() / ("cuda" if with_cuda else "cpu")
+    out = build_dir(src) / ("cuda" if with_cuda else "cpu")
     out.mkdir(parents=True, exist_ok=True)
     if not any(out.glob(f"{EXTENSION_NAME}*.so")):
         print(f"rlsignals: compiling the {'C++/CUDA' if with_cuda else 'C++'} kernels "
@@ -88,9 +112,9 @@ def _compile(with_cuda: bool) -> None:
     load(
         name=EXTENSION_NAME,
         sources=sources,
-        extra_cflags=["-O3", "-march=native", "-fopenmp", "-std=c++17"],
-        extra_ldflags=["-fopenmp"],
-        extra_cuda_cflags=["-O3", "-std=c++17"] if with_cuda else None,
+        extra_cflags=list(CFLAGS),
+        extra_ldflags=list(LDFLAGS),
+        extra_cuda_cflags=list(CUDA_CFLAGS) if with_cuda else None,
         extra_include_paths=[str(src)],
         build_directory=str(out),
         is_python_module=False,
@@ -98,8 +122,11 @@ def _compile(with_cuda: bool) -> None:
     )
 
 
-def _has_kernel(op: str, key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"rlsignals::{op}", key)
+def _registered_kernels() -> frozenset[str]:
+    """The "op:KEY" pairs the loaded library registered (empty when none is loaded)."""
+    if not hasattr(torch.ops.rlsignals, "registered_kernels"):
+        return frozenset()
+    return frozenset(torch.ops.rlsignals.registered_kernels())
 
 
 @functools.cache
@@ -118,11 +145,13 @@ def load_extension() -> ExtensionStatus:
             errors.append(f"{'CUDA' if with_cuda else 'C++'} build failed: {exc}".strip())
             if with_cuda:
                 cuda_reason = errors[-1]
-    cpu = _has_kernel("unit_sums", "CPU")
-    cuda = _has_kernel("unit_sums", "CUDA")
+    kernels = _registered_kernels()
+    cpu = "unit_sums:CPU" in kernels
+    cuda = "unit_sums:CUDA" in kernels
     return ExtensionStatus(
         cpu=cpu,
         cuda=cuda,
         cpu_reason="built" if cpu else "; ".join(errors) or "not registered",
         cuda_reason="built" if cuda else cuda_reason or "; ".join(errors) or "not registered",
+        kernels=kernels,
     )

@@ -18,7 +18,9 @@ NAN = float("nan")
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x if x.dtype == torch.float64 else x.float(), dim=-1, eps=EPS)
+    """Unit rows, normalised in fp64 (no overflow for any finite fp32/bf16 row), in fp32
+    (fp64 for fp64 input)."""
+    return F.normalize(x.double(), dim=-1, eps=EPS).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 def _within(u: torch.Tensor, *, exclude_diagonal: bool, causal: bool) -> float:

@@ -10,12 +10,14 @@ leaves the batch):
         append P, Y, Z to the block Krylov basis (ops/svd_krylov.py); Rayleigh-Ritz on it
         residuals r_i = ||G v_i - theta_i v_i|| of the top k Ritz pairs -> err_estimate
         stop when err_estimate <= tol and max_i r_i <= tol * theta_1 (the residual test of
-            ARPACK/PROPACK: it also makes the vectors converge, sin(v_i, true) <~ r_i / gap)
+            ARPACK/PROPACK: it also makes the vectors converge, sin(v_i, true) <~ r_i / gap),
+            or when max_i r_i <= STALL * theta_1 (fp32 can resolve no more)
         P <- the new directions of Z (full reorthogonalisation); restart from the top Ritz
             vectors when the basis would exceed MAX_BASIS_BLOCKS blocks
     then, per stopped member, the certificate (ops/svd_bound.py) from the fp32 data already
-    at hand; only when that does not meet tol but its fp64 prediction does (and a pass is
-    left), one more pass in fp64 on the top NARROW_CERTIFICATE or p Ritz vectors certifies.
+    at hand; only when that does not meet tol but its fp64 prediction does, or the estimate
+    has stalled above tol (and a pass is left), one more pass in fp64 on the top
+    NARROW_CERTIFICATE or p Ritz vectors certifies and refines.
 
 The small-matrix algebra runs in fp64 on Z / ||dW||_F^2 (each member scaled by its own
 frob2), so no factorisation over- or underflows whatever the scale of dW.
@@ -73,6 +75,10 @@ KEEP_BLOCKS = 4
 # vectors alone certify, the fp64 pass (the dearest: fp64 lanes are half as wide) runs on
 # those 8 columns only.
 NARROW_CERTIFICATE = 8
+# Residuals below 2^-16 theta_1 are about the resolution of fp32-accumulated products of a
+# dW with tiny singular values next to large ones (sqrt of G's rounding): more fp32 passes
+# cannot lower the estimate there, the fp64 pass can.
+STALL = 2.0 ** -16
 _U32 = 2.0 ** -24
 
 
@@ -254,7 +260,9 @@ def _conclude(state: Krylov, members: torch.Tensor, theta, coef, estimate, out: 
         floor = math.sqrt(width * (m + n)) * _U32
         predicted[width] = _bound_from(theta[:, :width], rtr[:, :width, :width], vtr[:, :width, :width],
                                        torch.full_like(state.scale, -floor), full * (1 - floor), s_hat, k)
-    pick = torch.full_like(bound, 0, dtype=torch.int64)
+    # the narrowest width predicted to certify; the whole block where the estimate has not
+    # met tol (fp32 stalled: the fp64 pass refines) and no width is predicted to certify
+    pick = torch.where(estimate > tol, min(p, w), 0)
     for width in sorted(predicted, reverse=True):
         pick = torch.where(predicted[width] <= tol, width, pick)
     certify = (bound > tol) & (pick > 0) & certify_possible.to(bound.device)
@@ -340,7 +348,7 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend, ro
         resid = state.residuals(coef[:, :, :k], theta[:, :k])
         estimate, rel_resid = ritz_estimates(theta, resid, k)
         step = min(p, n - state.width)
-        done = (estimate <= tol) & (rel_resid <= tol)
+        done = ((estimate <= tol) & (rel_resid <= tol)) | (rel_resid <= STALL)
         if it == max_iters or step == 0:
             done = torch.ones_like(done)
         if bool(done.any()):

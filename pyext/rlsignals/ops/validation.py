@@ -1,6 +1,12 @@
 """Input checks shared by the public ops: every bad input raises a ValueError
 or TypeError that names the argument, what it got and what was expected,
-before any kernel runs."""
+before any kernel runs.
+
+Under torch.compile, checks of types, shapes and devices run while tracing as
+usual; checks of tensor values (cu_seqlens ordered, prefix_lens in range),
+which a traced graph cannot branch on, become runtime asserts in the graph
+(``torch._assert_async``): a bad value then raises a RuntimeError with the same
+text, without the offending index."""
 
 from __future__ import annotations
 
@@ -8,6 +14,16 @@ import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 INDEX_DTYPES = (torch.int32, torch.int64)
+
+
+def require_values(ok: torch.Tensor, message: str) -> bool:
+    """Under torch.compile, assert the boolean tensor ``ok`` at run time (message as the
+    error) and return True; eagerly, return bool(ok) so the caller raises its own,
+    more specific ValueError."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok, message)
+        return True
+    return bool(ok)
 
 
 def _require_tensor(name: str, value: object) -> torch.Tensor:
@@ -48,16 +64,17 @@ def check_cu_seqlens(cu_seqlens: object, num_tokens: int, device: torch.device) 
     cu = _index_vector("cu_seqlens", cu_seqlens, device)
     if cu.numel() == 0:
         raise ValueError("cu_seqlens must have B + 1 >= 1 entries, got an empty tensor")
+    steps = cu.diff()
+    ok = (cu[0] == 0) & (steps >= 0).all() & (cu[-1] == num_tokens)
+    if require_values(ok, f"cu_seqlens must start at 0, be non-decreasing and end at T = {num_tokens}"):
+        return cu
     if cu[0] != 0:
         raise ValueError(f"cu_seqlens must start at 0, got {int(cu[0])}")
-    steps = cu.diff()
     if bool((steps < 0).any()):
         at = int(torch.nonzero(steps < 0)[0])
         raise ValueError(f"cu_seqlens must be non-decreasing, but cu_seqlens[{at + 1}] = {int(cu[at + 1])} "
                          f"< cu_seqlens[{at}] = {int(cu[at])}")
-    if cu[-1] != num_tokens:
-        raise ValueError(f"cu_seqlens must end at the number of tokens T = {num_tokens}, got {int(cu[-1])}")
-    return cu
+    raise ValueError(f"cu_seqlens must end at the number of tokens T = {num_tokens}, got {int(cu[-1])}")
 
 
 def check_prefix_lens(prefix_lens: object, seq_lens: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -67,7 +84,7 @@ def check_prefix_lens(prefix_lens: object, seq_lens: torch.Tensor, device: torch
         raise ValueError(f"prefix_lens must have one entry per sequence (B = {seq_lens.numel()}), "
                          f"got {prefix.numel()}")
     bad = (prefix < 0) | (prefix > seq_lens)
-    if bool(bad.any()):
+    if not require_values(~bad.any(), "prefix_lens[b] must lie in [0, length of sequence b]"):
         b = int(torch.nonzero(bad)[0])
         raise ValueError(f"prefix_lens[{b}] = {int(prefix[b])} must lie in [0, {int(seq_lens[b])}] "
                          f"(the length of sequence {b})")

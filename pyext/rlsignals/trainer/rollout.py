@@ -81,12 +81,14 @@ class GumbelSampler(LogitsProcessor):
     def __init__(self, seeds: Sequence[int], temperature: float):
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
-        self.temperature = temperature
+        self.seeds, self.temperature = list(seeds), temperature
+        self.generators: list[torch.Generator] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.generators:  # on the logits' device: the draws are the same for a device type
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
         logp = torch.log_softmax(scores.float() / self.temperature, -1)
-        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, dtype=torch.float64)
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, dtype=torch.float64, device=scores.device)
                                for g in self.generators]).clamp_min(1e-300)
         return logp + (-torch.log(-torch.log(uniform))).to(logp)
 

@@ -1,0 +1,53 @@
+"""The in-loop rank-1 tracker as a transformers TrainerCallback (TRL's trainers included)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from rlsignals.io.atomic import write_json_atomic
+
+
+class Rank1TrackerCallback(TrainerCallback):
+    """Runs a :class:`~rlsignals.trainer.tracker.Rank1Tracker` inside any transformers
+    Trainer (TRL's included): every ``tracker.every`` optimizer steps it records the
+    rank-1 triplet of each tracked update, with the mean of the ``reward`` values the
+    trainer logged since the previous tracked step as its accuracy (set
+    ``logging_steps`` <= ``every``; NaN when none was logged); at ``tracker.jump_at``
+    it jumps. The tracker's state (``tracker.state_dict()``) is saved as
+    ``rank1_tracker.json`` in each checkpoint folder and restored by
+    ``on_train_begin`` from the newest checkpoint of ``output_dir`` when resuming."""
+
+    STATE = "rank1_tracker.json"
+
+    def __init__(self, tracker):
+        self.tracker = tracker
+        self._seen_logs = 0
+
+    def _accuracy(self, state) -> float:
+        rewards = [entry["reward"] for entry in state.log_history[self._seen_logs:] if "reward" in entry]
+        self._seen_logs = len(state.log_history)
+        return sum(rewards) / len(rewards) if rewards else math.nan
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        checkpoint = get_last_checkpoint(args.output_dir) if state.global_step else None
+        if checkpoint and os.path.exists(os.path.join(checkpoint, self.STATE)):
+            with open(os.path.join(checkpoint, self.STATE)) as f:
+                self.tracker.load_state_dict(json.load(f))
+        self._seen_logs = len(state.log_history)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = state.global_step
+        if step % self.tracker.every == 0:
+            self.tracker.track(step, self._accuracy(state))
+        if self.tracker.jump_at is not None and step == self.tracker.jump_at:
+            self.tracker.jump(self.tracker.jump_target, self.tracker.jump_update)
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            write_json_atomic(os.path.join(folder, self.STATE), self.tracker.state_dict(), indent=None)
