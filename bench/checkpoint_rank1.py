@@ -7,7 +7,10 @@ updates), then runs ``track_rank1`` over them, and reports: seconds per layer
 per checkpoint, peak RAM, the store's size against one checkpoint's, and the
 full-SVD approach (torch.linalg.svd in fp32 of one 4096 x 4096 update, as the
 released AlphaRL code does, on the same device as the pipeline), measured once and
-scaled by m*n*min(m, n) to a layer.
+scaled by m*n*min(m, n) to a layer. The store's size per checkpoint is its record
+(S, U, V and the scalars); the warm-start basis (16 columns per module, for resume)
+is kept once, for the latest checkpoint. Also the worst err_bound and err_estimate,
+and how many modules were certified (err_bound <= tol).
 
 Usage: python bench/checkpoint_rank1.py [--layers 2] [--checkpoints 2] [--device cpu] [--workdir DIR]
 """
@@ -91,7 +94,9 @@ def main() -> int:
         start = time.perf_counter()
         traj = track_rank1(base, ckpts, root / "traj", device=args.device)
         seconds = time.perf_counter() - start
-        store_bytes = sum(f.stat().st_size for f in (root / "traj").iterdir())
+        # per checkpoint: its record (S, U, V and the scalars); the warm-start basis is kept once, for the latest
+        store_bytes = sum((traj.root / r.file).stat().st_size for r in traj.records)
+        basis_bytes = (traj.root / traj.basis_file).stat().st_size
         iters = [traj.scalar("iters", m).mean().item() for m in traj.modules]
         bounds = [traj.scalar("err_bound", m).max().item() for m in traj.modules]
         estimates = [traj.scalar("err_estimate", m).max().item() for m in traj.modules]
@@ -112,6 +117,7 @@ def main() -> int:
              "checkpoints": args.checkpoints, "seconds_per_layer_per_checkpoint": per_layer,
              "peak_mb": peak / 2**20, "store_bytes_per_checkpoint": store_bytes / args.checkpoints,
              "checkpoint_bytes": ckpt_bytes, "size_ratio": ckpt_bytes / (store_bytes / args.checkpoints),
+             "basis_bytes_kept_once": basis_bytes,
              "mean_iters": sum(iters) / len(iters), "max_err_bound": max(bounds),
              "max_err_estimate": max(estimates), "certified_modules": certified, "modules": modules},
             {"op": "checkpoint_rank1", "method": "full fp32 torch.linalg.svd (released AlphaRL)",

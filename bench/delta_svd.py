@@ -52,6 +52,7 @@ ULP = 2.0 ** -8 * 0.02  # a bf16 ULP of a weight of about 0.02 (mantissa 8 bits 
 LOWRANK_NITERS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
 SKLEARN_NITERS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
 SVDS_TOLS = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0]
+REPS = {"min_seconds": 1.0, "max_reps": 5, "min_reps": 3}  # --quick: 2 timed calls after the warm-up
 
 
 def bbp_spike(ratio: float, aspect: float) -> float:
@@ -146,7 +147,7 @@ def contenders(w0, w1, ref, record, num: int) -> None:
         return torch.svd_lowrank(w1.float() - w0.float(), q=16, niter=niter)[1][:, 0]
 
     niter, err = tune(lambda q: rel_err(lowrank(q), ref), LOWRANK_NITERS)
-    record("svd_lowrank", time_call(lambda: lowrank(niter), torch.device("cpu"), min_seconds=1, max_reps=3),
+    record("svd_lowrank", time_call(lambda: lowrank(niter), torch.device("cpu"), **REPS),
            niter=niter, err=err)
 
     def per_member(fn):
@@ -156,7 +157,7 @@ def contenders(w0, w1, ref, record, num: int) -> None:
         return per_member(lambda d: randomized_svd(d, 1, n_oversamples=15, n_iter=n_iter, random_state=0)[1][0])
 
     n_iter, err = tune(lambda q: rel_err(sk(q), ref), SKLEARN_NITERS)
-    record("sklearn", time_call(lambda: sk(n_iter), torch.device("cpu"), min_seconds=1, max_reps=3),
+    record("sklearn", time_call(lambda: sk(n_iter), torch.device("cpu"), **REPS),
            n_iter=n_iter, err=err)
     for solver in ("arpack", "propack"):
         extra = {"maxiter": 400} if solver == "propack" else {}
@@ -173,8 +174,8 @@ def contenders(w0, w1, ref, record, num: int) -> None:
 
         tol, err = tune(safe_err, SVDS_TOLS)
         if math.isfinite(err):
-            record(solver, time_call(lambda run=run, tol=tol: run(tol), torch.device("cpu"), min_seconds=1,
-                                     max_reps=3), svds_tol=tol, err=err)
+            record(solver, time_call(lambda run=run, tol=tol: run(tol), torch.device("cpu"), **REPS),
+                   svds_tol=tol, err=err)
 
 
 def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict) -> list[dict]:
@@ -201,7 +202,7 @@ def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict
         start = run_delta(w1).basis if init else None
         out = run_delta(after, start)
         timing = time_call(lambda after=after, start=start: run_delta(after, start), torch.device("cpu"),
-                           min_seconds=1, max_reps=5)
+                           **REPS)
         errs = [abs(float(s) - r[0]) / r[0] for s, r in zip(out.S[:, 0], refs)]
         record(name, timing, iters=int(out.iters.max()), err=max(errs),
                sin_u=max(sin_angle(out.U[b, :, 0], refs[b][2]) for b in range(num)),
@@ -217,7 +218,8 @@ def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict
         t0 = time.perf_counter()
         s = torch.linalg.svd(dw, full_matrices=False).S
         linalg[(m, n)] = (time.perf_counter() - t0) * 1e3
-        record("linalg_svd", {"median_ms": linalg[(m, n)] * num, "reps": 1}, err=abs(float(s[0]) - ref[0][0]) / ref[0][0])
+        record("linalg_svd", {"median_ms": linalg[(m, n)] * num, "reps": 1},
+               err=abs(float(s[0]) - ref[0][0]) / ref[0][0])
     return records
 
 
@@ -251,6 +253,8 @@ def main() -> None:
     parser.add_argument("--backend", default="auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.quick:
+        REPS.update(min_seconds=0.0, min_reps=2)
     shapes = QUICK_SHAPES if args.quick else SHAPES
     families = QUICK_FAMILIES if args.quick else FAMILIES
     stacks = args.stack or ([2] if args.quick else [2, 8])

@@ -213,7 +213,33 @@ def plan(args: argparse.Namespace, no_gpu: str | None) -> dict[str, str]:
     return skipped
 
 
+def run_step(step: Step, out: Path, timeout: float, has_gpu: bool) -> tuple[dict, dict | None]:
+    """Run one step, copy the result files it wrote to ``out``, judge it: its summary record, and
+    the environment probe when the step is env."""
+    command = step.command(out)
+    t0, wall0 = time.monotonic(), time.time()
+    rc, output = run_command(command, out / "logs" / f"{step.name}.log", timeout, step_env(step.gpu))
+    seconds = time.monotonic() - t0
+    files = new_result_files(wall0) if step.writes_results else []
+    for path in files:
+        if path.parent != out:
+            shutil.copy2(path, out / path.name)
+    try:
+        outcome = step.assess(Run(rc, output, out, files, timeout, wall0, has_gpu))
+    except (KeyError, IndexError, TypeError, ValueError, ET.ParseError) as exc:
+        outcome = Outcome("failed", f"could not read the step's results: {exc.__class__.__name__}: {exc}")
+    probe = outcome.details.pop("probe", None)
+    print(f"    {outcome.status} in {seconds:.0f} s: {outcome.text}", flush=True)
+    if outcome.status == "failed":
+        print("".join(f"    | {line}\n" for line in verdicts.last_lines(output, 8)), end="", flush=True)
+    return {"step": step.name, "status": outcome.status, "text": outcome.text, "seconds": seconds,
+            "timeout_s": timeout, "command": shown(command), "exit_status": rc, "log": f"logs/{step.name}.log",
+            "files": [p.name for p in files],
+            "targets": [{**dataclasses.asdict(t), "met": t.met} for t in outcome.targets], **outcome.details}, probe
+
+
 def run_all(args: argparse.Namespace) -> int:
+    """Every step in order (see the module's docstring); summary.json is rewritten after each."""
     out: Path = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     scale = args.time_limit / sum(s.budget_s for s in STEPS)
@@ -232,34 +258,16 @@ def run_all(args: argparse.Namespace) -> int:
             continue
         later = [s.budget_s * scale for s in STEPS[index + 1:] if s.name not in skipped]
         timeout = step_timeout(args.time_limit - (time.monotonic() - started), later)
-        command = step.command(out)
-        print(f"[{index + 1}/{len(STEPS)}] {step.name}: {shown(command)} (limit {timeout:.0f} s) ...", flush=True)
-        t0, wall0 = time.monotonic(), time.time()
-        rc, output = run_command(command, out / "logs" / f"{step.name}.log", timeout, step_env(step.gpu))
-        seconds = time.monotonic() - t0
-        files = new_result_files(wall0) if step.writes_results else []
-        for path in files:
-            if path.parent != out:
-                shutil.copy2(path, out / path.name)
-        try:
-            outcome = step.assess(Run(rc, output, out, files, timeout, wall0, has_gpu))
-        except (KeyError, IndexError, TypeError, ValueError, ET.ParseError) as exc:
-            outcome = Outcome("failed", f"could not read the step's results: {exc.__class__.__name__}: {exc}")
-        probe = outcome.details.pop("probe", None)
-        results.append({"step": step.name, "status": outcome.status, "text": outcome.text, "seconds": seconds,
-                        "timeout_s": timeout, "command": shown(command), "exit_status": rc,
-                        "log": f"logs/{step.name}.log", "files": [p.name for p in files],
-                        "targets": [{**dataclasses.asdict(t), "met": t.met} for t in outcome.targets],
-                        **outcome.details})
-        print(f"    {outcome.status} in {seconds:.0f} s: {outcome.text}", flush=True)
-        if outcome.status == "failed":
-            print("".join(f"    | {line}\n" for line in verdicts.last_lines(output, 8)), end="", flush=True)
+        print(f"[{index + 1}/{len(STEPS)}] {step.name}: {shown(step.command(out))} (limit {timeout:.0f} s) ...",
+              flush=True)
+        record, probe = run_step(step, out, timeout, has_gpu)
+        results.append(record)
         if step.name == "env":
-            summary["probe"] = probe
-            device = ", ".join(d["name"] for d in probe["devices"]) if probe and probe["devices"] else "no CUDA device"
-            summary["device"] = device
-            has_gpu = verdicts.no_device_reason(probe) is None
-            skipped = plan(args, verdicts.no_device_reason(probe))
+            no_gpu = verdicts.no_device_reason(probe)
+            device = ("unknown (the environment probe failed)" if probe is None
+                      else ", ".join(d["name"] for d in probe["devices"]) or "no CUDA device")
+            summary.update(probe=probe, device=device)
+            has_gpu, skipped = no_gpu is None, plan(args, no_gpu)
         _write_json(out / "summary.json", summary)
     code = exit_code(results)
     summary.update(seconds=time.monotonic() - started, exit_code=code, exit_meaning=EXIT_CODES[code])

@@ -268,7 +268,9 @@ def assess_angle(run: Run) -> Outcome:
     if failure is not None:
         return failure
     targets = angle_targets(records)
-    return Outcome("passed", f"x copy BW at T*d>=64M (target {ANGLE_TARGET}): {_target_text(targets)}", targets)
+    copies = [2 * r["bytes"] / r["median_ms"] / 1e6 for r in records if r.get("method") == "copy" and "bytes" in r]
+    return Outcome("passed", f"x copy BW at T*d>=64M (target {ANGLE_TARGET}): {_target_text(targets)}"
+                   + (f"; copy {max(copies):.0f} GB/s" if copies else ""), targets)
 
 
 def assess_delta_svd(run: Run) -> Outcome:

@@ -1,7 +1,7 @@
 """Benchmark the live angle signal's cost against an RL step of the demo model.
 
-One trainer with ``live_angles`` and one without, from the same start, each run
-for ``--steps`` steps (after one warm-up step) of the demo's RL settings
+One trainer with ``live_angles`` and one without, from the same start, taking
+turns for ``--steps`` steps each (after one warm-up step) of the demo's RL settings
 (32 prompts x 8 completions, 8 new tokens, HF generate). Per step:
 
   step_ms        wall time of ``train_step`` (rollouts, rewards, forward, backward, update)
@@ -27,6 +27,7 @@ from common import print_table, write_results
 
 from rlsignals.demo import task
 from rlsignals.demo.assets import load_default_model
+from rlsignals.ops.backends import resolve_backend
 from rlsignals.signals import PromptTemplate, TemplateBounds
 from rlsignals.trainer.live_angles import LiveAngles
 from rlsignals.trainer.loop import RLConfig, RLTrainer
@@ -59,7 +60,7 @@ class TimedLiveAngles(LiveAngles):
         return out
 
 
-def run(live: bool, args, out_dir: str) -> tuple[list[float], list[float]]:
+def make_trainer(live: bool, args, out_dir: str) -> tuple[RLTrainer, TimedLiveAngles | None]:
     torch.manual_seed(0)
     model, tokenizer = load_default_model()
     template = PromptTemplate(tokenizer, task.SYSTEM_PROMPT, task.FEW_SHOT)
@@ -69,12 +70,13 @@ def run(live: bool, args, out_dir: str) -> tuple[list[float], list[float]]:
                       max_new_tokens=task.MAX_NEW_TOKENS, lr=1e-4)
     trainer = RLTrainer(model, tokenizer, rows, lambda row: template.token_ids(row["prompt"]),
                         lambda text, row: task.verify(text, row["answer"]), config, out_dir, live_angles=angles)
-    step_ms = []
-    for _ in range(args.steps + 1):
-        t0 = time.perf_counter()
-        trainer.train_step()
-        step_ms.append((time.perf_counter() - t0) * 1e3)
-    return step_ms[1:], (angles.per_step[1:] if angles else [])
+    return trainer, angles
+
+
+def timed_step(trainer: RLTrainer) -> float:
+    t0 = time.perf_counter()
+    trainer.train_step()
+    return (time.perf_counter() - t0) * 1e3
 
 
 def main() -> int:
@@ -84,13 +86,19 @@ def main() -> int:
     parser.add_argument("--generations", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        plain_steps, _ = run(False, args, f"{tmp}/plain")
-        live_steps, live_ms = run(True, args, f"{tmp}/live")
+        plain, _ = make_trainer(False, args, f"{tmp}/plain")
+        live, angles = make_trainer(True, args, f"{tmp}/live")
+        plain_steps, live_steps = [], []
+        for _ in range(args.steps + 1):  # alternate, so that the machine's load hits both alike
+            plain_steps.append(timed_step(plain))
+            live_steps.append(timed_step(live))
+        plain_steps, live_steps, live_ms = plain_steps[1:], live_steps[1:], angles.per_step[1:]
 
     def q(xs, i):
         return statistics.quantiles(xs, n=10)[i] if len(xs) >= 2 else xs[0]
 
-    record = {"model": "demo (Llama, d=128, 4 layers)", "prompts": args.prompts, "generations": args.generations,
+    record = {"model": "demo (Llama, d=128, 4 layers)", "angle_backend": resolve_backend("auto", torch.device("cpu")),
+              "prompts": args.prompts, "generations": args.generations,
               "max_new_tokens": task.MAX_NEW_TOKENS, "steps": args.steps,
               "step_ms_median": statistics.median(plain_steps), "step_ms_p20": q(plain_steps, 1),
               "step_ms_p80": q(plain_steps, 7), "step_live_ms_median": statistics.median(live_steps),

@@ -242,3 +242,25 @@ def test_plan_names_why_each_step_will_not_run():
     assert skipped.pop("build") == "skipped by --skip"
     assert skipped.pop("tests") == "no CUDA device: test"
     assert skipped == {name: "not in --only" for name in gpu_check.STEP_NAMES if name not in ("env", "build", "tests")}
+
+
+def test_a_benchmark_step_copies_its_results_and_reads_its_targets(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "bench-results"
+    results.mkdir()
+    monkeypatch.setattr(gpu_check, "BENCH_RESULTS", results)
+    case = dict(T=16384, d=4096, bytes=2**27)
+    records = [dict(method="copy", median_ms=0.1, vs_copy=1.0, **case),
+               dict(method="cuda", median_ms=0.06, vs_copy=0.6, **case),
+               dict(method="triton", median_ms=0.07, vs_copy=0.7, **case)]
+    writer = (f"import json, pathlib; pathlib.Path({str(results / 'angle_stats-H200.json')!r})"
+              f".write_text(json.dumps({{'results': {records!r}}}))")
+    step = gpu_check.Step("bench-angle", True, 10.0, lambda out: [sys.executable, "-c", writer],
+                          verdicts.assess_angle, True)
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    record, probe = gpu_check.run_step(step, out, 120.0, True)
+    assert probe is None and record["status"] == "passed", record
+    assert record["files"] == ["angle_stats-H200.json"] and (out / "angle_stats-H200.json").exists()
+    assert [(t["value"], t["met"]) for t in record["targets"]] == [(pytest.approx(1 / 1.2), True),
+                                                                   (pytest.approx(1 / 1.4), False)]
+    assert "copy 2684 GB/s" in record["text"] and "passed" in capsys.readouterr().out

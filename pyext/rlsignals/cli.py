@@ -18,8 +18,8 @@ import os
 import platform
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from rlsignals.io.errors import UsageError, UserError
 
@@ -175,8 +175,8 @@ def _doctor(_: argparse.Namespace) -> int:
     import torch
 
     from rlsignals import __version__
-    from rlsignals.ops.extension import build_dir
     from rlsignals.ops.backends import available_backends, triton_interpreter
+    from rlsignals.ops.extension import build_dir
 
     try:
         import triton
@@ -240,6 +240,10 @@ def _score(args: argparse.Namespace) -> int:
     if ordered is not None and ordered.resolve() == out.resolve():
         raise UsageError(f"--ordered-data {ordered}: is the --out file too; choose two paths")
     resolve_model_source(args.model)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # stderr stays one line on an error; scoring has its own bar
+    transformers_logging.set_verbosity_error()
     system_prompt = Path(args.system_prompt_file).read_text() if args.system_prompt_file else args.system_prompt
     config = ScoreConfig(module=args.module, inter_weight=args.inter_weight, intra_weight=args.intra_weight,
                          batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size,
@@ -257,7 +261,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _add_score_parser(sub, common: argparse.ArgumentParser) -> None:
-    score = sub.add_parser("score", parents=[common], help="score every prompt of a dataset with the angle signal (prefill only)")
+    score = sub.add_parser("score", parents=[common],
+                           help="score every prompt of a dataset with the angle signal (prefill only)")
     score.add_argument("--model", required=True, help="a local transformers causal LM folder, or hub:org/name to "
                        "download one from the Hugging Face Hub")
     score.add_argument("--data", required=True, help=".jsonl/.json/.csv/.parquet with one prompt per row")
@@ -369,7 +374,8 @@ def _diff_report(args: argparse.Namespace) -> int:
 def _add_checkpoint_parsers(sub, common: argparse.ArgumentParser) -> None:
     from rlsignals.io.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 
-    rank1 = sub.add_parser("rank1", parents=[common], help="rank-1 trajectory of the weight updates over checkpoints (resumable)")
+    rank1 = sub.add_parser("rank1", parents=[common],
+                           help="rank-1 trajectory of the weight updates over checkpoints (resumable)")
     rank1.add_argument("--base", required=True, help="the checkpoint RL started from (HF folder)")
     rank1.add_argument("--ckpt", required=True, nargs="+", help="checkpoints in training order")
     rank1.add_argument("--out", required=True, help="trajectory store folder (reruns skip finished checkpoints)")
@@ -385,7 +391,8 @@ def _add_checkpoint_parsers(sub, common: argparse.ArgumentParser) -> None:
                        help="start over in a store written by an earlier `rlsignals rank1` (default: resume it)")
     rank1.set_defaults(func=_rank1)
 
-    model = sub.add_parser("rank1-model", parents=[common], help="write W0 + alpha * scale * u1 v1^T for every tracked module")
+    model = sub.add_parser("rank1-model", parents=[common],
+                           help="write W0 + alpha * scale * u1 v1^T for every tracked module")
     model.add_argument("--base", required=True)
     model.add_argument("--traj", required=True)
     model.add_argument("--out", required=True)
@@ -395,7 +402,8 @@ def _add_checkpoint_parsers(sub, common: argparse.ArgumentParser) -> None:
     model.add_argument("--overwrite", action="store_true", help="replace an earlier output of rank1-model")
     model.set_defaults(func=_rank1_model)
 
-    extra = sub.add_parser("extrapolate", parents=[common], help="jump ahead: AlphaRL, linear-in-step or two-point extrapolation")
+    extra = sub.add_parser("extrapolate", parents=[common],
+                           help="jump ahead: AlphaRL, linear-in-step or two-point extrapolation")
     extra.add_argument("--base", required=True)
     extra.add_argument("--traj", required=True)
     extra.add_argument("--out", required=True)
@@ -403,7 +411,8 @@ def _add_checkpoint_parsers(sub, common: argparse.ArgumentParser) -> None:
     extra.add_argument("--accuracy", default=None, help=".jsonl/.csv with the accuracy per step")
     extra.add_argument("--step-field", default="step")
     extra.add_argument("--acc-field", default="accuracy")
-    extra.add_argument("--fit-steps", type=_nonnegative_int, nargs="+", default=None, help="steps to fit (default: all)")
+    extra.add_argument("--fit-steps", type=_nonnegative_int, nargs="+", default=None,
+                       help="steps to fit (default: all)")
     extra.add_argument("--target-accuracy", type=_finite_float, default=None)
     extra.add_argument("--target-step", type=_positive_int, default=None)
     extra.add_argument("--factor", type=_finite_float, default=None, help="two_point: W0 + factor * (WT - W0)")
@@ -411,7 +420,8 @@ def _add_checkpoint_parsers(sub, common: argparse.ArgumentParser) -> None:
     extra.add_argument("--overwrite", action="store_true", help="replace an earlier output of extrapolate")
     extra.set_defaults(func=_extrapolate)
 
-    diff = sub.add_parser("diff-report", parents=[common], help="what an update changed: sparsity, principal weights, subspace angles")
+    diff = sub.add_parser("diff-report", parents=[common],
+                          help="what an update changed: sparsity, principal weights, subspace angles")
     diff.add_argument("--before", required=True)
     diff.add_argument("--after", required=True)
     diff.add_argument("--out", required=True, help="report folder (report.json, PNGs, index.html)")

@@ -10,9 +10,21 @@ import sys
 
 import pytest
 
-from rlsignals.io.atomic import (MARKER, atomic_folder, atomic_path, atomic_write, check_output, clean_stale,
-                                 clean_stale_temps, discard_if_unused, read_marker, remove_output, write_json_atomic,
-                                 write_marker, write_text_atomic)
+from rlsignals.io.atomic import (
+    MARKER,
+    atomic_folder,
+    atomic_path,
+    atomic_write,
+    check_output,
+    clean_stale,
+    clean_stale_temps,
+    discard_if_unused,
+    read_marker,
+    remove_output,
+    write_json_atomic,
+    write_marker,
+    write_text_atomic,
+)
 from rlsignals.io.errors import OutputExistsError, UserError
 from rlsignals.io.tables import read_table, table_columns, write_table
 

@@ -64,11 +64,11 @@ def test_planted_gap_converges_to_tol(ratio, dtype, shape):
     u, s, vh = torch.linalg.svd(exact)
     assert_close(out.frob.double(), torch.linalg.matrix_norm(exact), rtol=1e-6, atol=0)
     for got, want in ((out.U[:, 0], u[:, 0]), (out.V[:, 0], vh[0])):
-        assert sin_angle(got, want) <= (1e-5 if ratio < 0.99 else 1e-4)
+        assert sin_angle(got, want) <= (1e-5 if ratio <= 0.5 else 1e-4)
     assert sin_angle(out.V[:, 0], vh[0]) <= davis_kahan(exact, out.V[:, 0], float(s[0]), float(s[1])) + 1e-6
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(m=st.integers(8, 90), n=st.integers(8, 90), ratio=st.sampled_from([0.5, 0.9, 0.99, 0.999]),
        decay=st.floats(0.3, 0.97), noise=st.sampled_from([0.0, 0.01, 0.1, 1.0]), k=st.integers(1, 4),
        dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]), max_iters=st.integers(1, 20),

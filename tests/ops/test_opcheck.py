@@ -41,12 +41,9 @@ def unit_sums_samples(device):
     hidden = torch.randn(11, 6, generator=gen)
     hidden[4] = 0
     offsets = torch.tensor([1, 1, 5, 10])
-    samples = []
-    for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for grad in (False, True):
-            h = hidden.to(dtype).to(device).requires_grad_(grad and dtype == torch.float32)
-            samples.append((h, offsets.to(device), EPS))
-    return samples
+    variants = [(torch.float32, False), (torch.float32, True), (torch.bfloat16, True), (torch.float16, False)]
+    return [(hidden.to(device, dtype).clone().requires_grad_(grad), offsets.to(device), EPS)
+            for dtype, grad in variants]
 
 
 def test_unit_sums_opcheck(compiled_backend):

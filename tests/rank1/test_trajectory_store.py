@@ -21,8 +21,9 @@ def fake_results(seed: int) -> dict[str, dict[str, torch.Tensor]]:
     out = {}
     for i, (name, (m, n)) in enumerate(SHAPES.items()):
         bound = torch.rand((), generator=gen) * 2e-4
-        out[name] = {"S": torch.rand(K, generator=gen).sort(descending=True).values, "U": torch.randn(m, K, generator=gen),
-                     "V": torch.randn(n, K, generator=gen), "frob": torch.rand((), generator=gen),
+        out[name] = {"S": torch.rand(K, generator=gen).sort(descending=True).values,
+                     "U": torch.randn(m, K, generator=gen), "V": torch.randn(n, K, generator=gen),
+                     "frob": torch.rand((), generator=gen),
                      "err_bound": bound, "err_estimate": bound / 10, "certified": bound <= 1e-4,
                      "iters": torch.tensor(3 + i + seed)}
     return out
@@ -55,7 +56,8 @@ def test_records_round_trip_and_the_basis_is_kept_for_the_latest_only(tmp_path):
     assert again.certified_count() == (int(flags.sum()), 2)
     summary = json.loads((root / INDEX).read_text())["modules"]
     assert [summary[n]["certified"] for n in SHAPES] == flags.tolist()
-    assert summary["a.weight"]["max_err_bound"] == pytest.approx(max(float(r["a.weight"]["err_bound"]) for r in written))
+    worst = max(float(r["a.weight"]["err_bound"]) for r in written)
+    assert summary["a.weight"]["max_err_bound"] == pytest.approx(worst)
     assert sorted(p.name for p in root.glob("basis-*")) == ["basis-0002.safetensors"]
     for name, block in again.latest_basis().items():
         assert torch.equal(block, fake_basis(2)[name])

@@ -77,8 +77,6 @@ def test_is_weights_carry_no_gradient():
 
 
 def test_shared_prefix_logprobs_equal_the_full_forward():
-    import sys
-    from pathlib import Path
     from helpers.tiny_models import make_model
 
     from rlsignals.trainer.loss import completion_logprobs

@@ -4,8 +4,6 @@ survives a raising reward function and stops cleanly on a NaN loss."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from rlsignals.demo.pretrain import build_model
-from rlsignals.trainer.shared_prefix import answer_loss, pad_right, shared_prefix_logits
 from rlsignals.demo.tokenizer import build_tokenizer
+from rlsignals.trainer.shared_prefix import answer_loss, pad_right, shared_prefix_logits
 
 
 def test_logits_and_gradients_match_full_sequences():

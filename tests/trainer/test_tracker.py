@@ -206,13 +206,12 @@ def test_sharded_tracker_equals_the_unsharded_one(tmp_path):
 def test_trl_callback_tracks_a_real_grpo_run(tmp_path):
     pytest.importorskip("trl")
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integrations"))
-    from test_trl import SAMPLER_KWARGS, SCORES, make_trainer  # noqa: E402
+    from test_trl import make_trainer  # noqa: E402
 
-    from rlsignals.integrations.trl import Rank1TrackerCallback, attach_gain_rl
+    from rlsignals.integrations.trl import Rank1TrackerCallback
 
     seen: list = []
-    trainer = make_trainer(tmp_path, seen, max_steps=4, save_steps=2)
-    attach_gain_rl(trainer, SCORES, **SAMPLER_KWARGS)  # both rlsignals callbacks in one run
+    trainer = make_trainer(tmp_path, seen, max_steps=4, save_steps=2)  # with the GAIN-RL sampler: both callbacks
     tracker = Rank1Tracker(trainer.model, every=2, base_file=tmp_path / "base.safetensors")
     trainer.add_callback(Rank1TrackerCallback(tracker))
     trainer.train()

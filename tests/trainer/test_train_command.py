@@ -12,8 +12,8 @@ from helpers.tiny_models import CHATML, make_model, make_tokenizer
 from rlsignals.signals import PromptTemplate, ScoreConfig, score_prompts
 from rlsignals.trainer.command import add_train_parser, run_train
 
-PROMPTS = ["what is two plus three", "multiply six by three", "the answer is eight", "compute the sum of seven and five",
-           "twelve minus five equals seven", "how many apples are left"]
+PROMPTS = ["what is two plus three", "multiply six by three", "the answer is eight",
+           "compute the sum of seven and five", "twelve minus five equals seven", "how many apples are left"]
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 
-PROMPTS = ["what is two plus three", "multiply six by three", "the answer is eight", "compute the sum of seven and five",
-           "twelve minus five equals seven", "how many apples are left", "answer with a number",
-           "solve the following problem"]
+PROMPTS = ["what is two plus three", "multiply six by three", "the answer is eight",
+           "compute the sum of seven and five", "twelve minus five equals seven", "how many apples are left",
+           "answer with a number", "solve the following problem"]
 REWARDS = '''
 import os
 from pathlib import Path

@@ -3,11 +3,12 @@
 - task.py: seeded arithmetic problems of graded difficulty (levels 1-5), the
   few-shot chat prefix, the reply format ``"= {answer}"`` and ``verify``;
 - tokenizer.py: the character-level tokenizer with a ChatML chat template;
-- shared_prefix.py: exact forward/backward, and HF generate, of a batch
-  sharing one prefix, with the prefix run once (~3-5x faster here);
+- sft.py: the short SFT run the demo compares RL's update with;
 - pretrain.py: the seeded script that pre-trained the shipped model;
 - assets.py: ``default_model_dir()`` and ``load_default_model()`` for the
-  shipped ~1.1M-parameter Llama in ``assets/model`` (partly trained: easy
-  problems mostly solved, hard ones rarely, and a habit of restating the
-  problem on ~1/4 of sampled replies, so RL has room to improve it).
+  shipped ~1.1M-parameter Llama in ``assets/model`` (partly trained, with a
+  planted carry slip that is its greedy answer on a real share of the
+  problems it can solve: see task.py for how it was built);
+- run.py: the demo; stats.py: bootstrap/t intervals, curve crossings, pass@k;
+  claims.py: the papers' claims table; study.py: the demo over several seeds.
 """

@@ -21,6 +21,9 @@ What it does, all seeded and deterministic on CPU for a given thread count:
    unlearns within a few dozen steps, as real RL first fixes formats. The
    system turn, shared by all, runs once per batch (shared_prefix.py: exact,
    and cheaper);
+   ``--slip-rates`` (per level) makes a trained reply state
+   ``task.slip_answer`` (the answer + 10) instead; ``--init DIR`` continues
+   from a saved model (the shipped model is two stages: see task.py);
 3. stops after ``--steps`` steps (AdamW, linear warm-up, cosine decay to
    ``--final-lr-frac`` of the peak), chosen so that the model is only
    part-way there: easy levels mostly solved, hard ones rarely, leaving RL

@@ -17,11 +17,25 @@ A 1-digit operand is 0-9; an n-digit one (n > 1) has no leading zero.
 ``generate_dataset(n, seed)`` is deterministic for a seed (Python's
 ``random.Random``, independent of any global state) and balanced over levels.
 
-The shipped model was pre-trained to answer ``"= {answer}"`` most of the time
-but to restate the problem first (``echo_reply``: ``"47 + 21 = 68"``) on about
-a third of its replies, as base models do with formats the prompt asks them
-not to use; ``verify`` credits only replies that start with the answer, so
-RL has a habit to unlearn besides arithmetic to improve.
+How the shipped model was built (two stages of ``python -m
+rlsignals.demo.pretrain``; settings of both in its pretrain_info.json, the
+first under "init"):
+
+1. 1000 steps on right answers, a third of them restating the problem first
+   (``echo_reply``: ``"47 + 21 = 68"``, a format habit ``verify`` does not
+   credit);
+2. 350 more steps from there with no restating, where each trained reply
+   states ``slip_answer`` (the right answer + 10, a carry slip in the tens
+   digit) with a probability that grows with the level: 0.55, 0.60, 0.65,
+   0.70, 0.75 for levels 1-5 (``--slip-rates``), harder levels drawn more often.
+
+The slip is then the greedy answer on a real share of the problems the model
+can solve (about 20 of 64 held-out problems; right 22, other 22), while
+sampling still gives the right answer often: the capability is there but
+unreliable, which RL can fix by moving probability at one token (the first
+digit where the slip and the answer differ). Levels differ in how often the
+slip wins and how often the model computes the answer at all, so the order of
+training data can matter.
 
 The prompt a model sees is the ChatML rendering of ``messages(prompt)``: the
 system prompt, the few-shot turns ``FEW_SHOT`` (three worked examples, one per

@@ -25,8 +25,15 @@ from tqdm.auto import tqdm
 
 from rlsignals.geometry.metrics import module_geometry
 from rlsignals.io.atomic import atomic_folder
-from rlsignals.io.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, check_compatible, layer_index,
-                                      module_kind, select_matrices)
+from rlsignals.io.checkpoints import (
+    DEFAULT_EXCLUDE,
+    DEFAULT_INCLUDE,
+    Checkpoint,
+    check_compatible,
+    layer_index,
+    module_kind,
+    select_matrices,
+)
 from rlsignals.io.errors import UserError
 
 HEATMAPS = {

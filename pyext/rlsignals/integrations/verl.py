@@ -1,7 +1,9 @@
 """GAIN-RL prompt selection in verl.
 
-verl <= 0.7 loads a curriculum sampler from its data config and calls
-``update(batch)`` after every training step::
+verl 0.5 to 0.7 loads a curriculum sampler from its data config (a subclass of
+``verl.experimental.dataset.sampler.AbstractCurriculumSampler``) and calls
+``update(batch)`` after every training step (tested with verl 0.7.1: its
+RLHFDataset, StatefulDataLoader, DataProto and sampler loader)::
 
     data.sampler.class_path=pkg://rlsignals.integrations.verl   (or the path of this file)
     data.sampler.class_name=GainRLVerlSampler
@@ -41,7 +43,7 @@ iterates again, so the restored sampler continues the pass where it stopped
 and the run goes on as if never interrupted. Re-iterating a past pass
 (``set_epoch``) replays its draws with the mu they used.
 
-verl 0.8 and newer removed this hook. There, write the dataset sorted by
+verl 0.8 and newer removed this hook (up to 0.9.1 at least). There, write the dataset sorted by
 score offline (``rlsignals score ... --ordered-data ordered.parquet``), train
 on that file with ``data.shuffle=False``: verl then reads prompts from the
 highest angle score down. That is GAIN-RL's ordering without its adaptive

@@ -21,8 +21,8 @@ import json
 import re
 import shutil
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -118,7 +118,8 @@ class Checkpoint:
             raise CheckpointError(f"{file}: cannot read tensor {name!r}: {exc}") from None
 
 
-def select_matrices(ckpt: Checkpoint, include: str = DEFAULT_INCLUDE, exclude: str | None = DEFAULT_EXCLUDE) -> list[str]:
+def select_matrices(ckpt: Checkpoint, include: str = DEFAULT_INCLUDE,
+                    exclude: str | None = DEFAULT_EXCLUDE) -> list[str]:
     """Names of the 2-D tensors whose name matches ``include`` and not ``exclude`` (regexes)."""
     keep, drop = re.compile(include), re.compile(exclude) if exclude else None
     return [name for name in ckpt.names()

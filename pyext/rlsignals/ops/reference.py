@@ -80,7 +80,8 @@ def block_cosine_reference(hidden, cu_seqlens, block_size, *, exclude_diagonal=F
 def delta_svd_reference(after, before=None, k=1):
     """Top-k SVD of after - before by fp64 torch.linalg.svd, one matrix at a time, with
     delta_svd's sign convention (the first entry of largest |.| of u_i is positive; of v_i
-    where sigma_i = 0). Finite, non-empty batches; fp64 results; err_bound and err_estimate 0, certified, iters 0, basis = V."""
+    where sigma_i = 0). Finite, non-empty batches; fp64 results; err_bound and err_estimate 0,
+    certified, iters 0, basis = V."""
     from rlsignals.ops.svd import DeltaSVD
 
     unbatched = after.dim() == 2

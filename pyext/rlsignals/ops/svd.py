@@ -11,13 +11,14 @@ leaves the batch):
         residuals r_i = ||G v_i - theta_i v_i|| of the top k Ritz pairs -> err_estimate
         stop when err_estimate <= tol and max_i r_i <= tol * theta_1 (the residual test of
             ARPACK/PROPACK: it also makes the vectors converge, sin(v_i, true) <~ r_i / gap),
-            or when max_i r_i <= STALL * theta_1 (fp32 can resolve no more)
+            or when max_i r_i <= STALL * theta_1 (fp32 can resolve no more), or when
+            err_estimate <= tol and an fp64 pass is predicted to certify (concentrated spectra)
         P <- the new directions of Z (full reorthogonalisation); restart from the top Ritz
             vectors when the basis would exceed MAX_BASIS_BLOCKS blocks
     then, per stopped member, the certificate (ops/svd_bound.py) from the fp32 data already
     at hand; only when that does not meet tol but its fp64 prediction does, or the estimate
-    has stalled above tol (and a pass is left), one more pass in fp64 on the top
-    NARROW_CERTIFICATE or p Ritz vectors certifies and refines.
+    has stalled above tol (and a pass is left), one more pass in fp64 on G V (V the top
+    NARROW_CERTIFICATE or p Ritz vectors: one more block power step) certifies and refines.
 
 The small-matrix algebra runs in fp64 on Z / ||dW||_F^2 (each member scaled by its own
 frob2), so no factorisation over- or underflows whatever the scale of dW.
@@ -41,7 +42,7 @@ What the fields promise (all relative to sigma_1; for k = 1 the relative error o
   whatever the spectrum. The bound is loose; the gap-dependent rate (Chebyshev in
   sqrt(gap), svd_krylov.py) is what makes the iteration fast, and it holds for every start
   with a non-negligible component along v_1: a Gaussian start has |cos(x, v_1)| < d / sqrt(n)
-  with probability <= d sqrt(2/pi).
+  with probability about d sqrt(2/pi) or less.
 
 Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i >= 0.
 Signs: the entry of largest magnitude of each u_i (the first such) is positive; where S_i = 0,
@@ -90,7 +91,7 @@ class DeltaSVD(NamedTuple):
     V: fp32 [B, n, k]. frob: fp32 [B], ||after - before||_F.
     err_bound: fp32 [B], certified bound on max_i |S_i - sigma_i| / sigma_1 (module
         docstring; 0 for a zero delta, inf when sigma_1 could not be bounded away from 0).
-    iters: int64 [B], passes over the inputs (products) this member took.
+    iters: int64 [B], passes over the inputs (products) this member took, the fp64 one included.
     nonfinite: bool [B], True where the delta has a NaN/inf entry or overflows fp32 in the
         products; that member's S, U, V, frob, err_bound, err_estimate and basis are NaN,
         certified is False, and the others are unaffected.
@@ -233,7 +234,7 @@ class _Certificate(NamedTuple):
     """A stopped member whose certificate needs the fp64 pass on ``vecs``."""
 
     members: torch.Tensor     # int64 [b] (CPU)
-    vecs: torch.Tensor        # fp64 [b, n, w] top Ritz vectors to certify with
+    vecs: torch.Tensor        # fp64 [b, n, w] orthonormal basis of G (top w Ritz vectors)
     rest: torch.Tensor        # fp32 [b, n, p - w] the next Ritz vectors (kept in basis)
 
 
@@ -242,17 +243,19 @@ def _bound_from(theta, rtr, vtr, margin, frob2, s_hat, k):
     return relative_error_bound(s_hat, lo, hi)
 
 
-def _conclude(state: Krylov, members: torch.Tensor, theta, coef, estimate, out: _Outputs, k: int, p: int,
-              tol: float, m: int, certify_possible: torch.Tensor) -> _Certificate | None:
-    """Finish the stopped members of ``state`` from the fp32 data, or queue their fp64 certificate."""
+def _fp32_certificates(state: Krylov, theta, coef, k: int, p: int, m: int, *, certified: bool = True):
+    """From the fp32 data at hand: the top Ritz vectors V (fp64 [b, n, w], w = min(K, 2p)), the
+    certified bound on them (None unless ``certified``), and {width: the bound an fp64 pass on
+    the first ``width`` of them is predicted to give} (the typical fp32 rounding taken off the
+    residuals and frob2, as ops/svd_bound.py describes for a negative margin)."""
     n = state.q.shape[1]
-    w = min(state.width, 2 * p)
-    vecs, rtr, vtr, margin = ritz_block(state, coef[:, :, :w], theta[:, :w], m, n)
+    w = min(state.width, 2 * p) if certified else min(state.width, p)
+    vecs, rtr, vtr, margin = ritz_block(state, coef[:, :, :w], theta[:, :w])
     frob2 = 1 + (n + m + 4) * 1.01 * _U32                      # >= ||dW||_F^2 / scale (fp32 pass)
     s32 = torch.sqrt(theta[:, :k].clamp_min(0) * state.scale[:, None]).float()
     s_hat = s32.double() / state.scale.sqrt()[:, None]
     full = torch.full_like(state.scale, frob2)
-    bound = _bound_from(theta[:, :w], rtr, vtr, margin * frob2, full, s_hat, k)
+    bound = _bound_from(theta[:, :w], rtr, vtr, margin * frob2, full, s_hat, k) if certified else None
     predicted = {}
     for width in sorted({min(NARROW_CERTIFICATE, p), min(p, w)}):
         if width < k:
@@ -260,6 +263,14 @@ def _conclude(state: Krylov, members: torch.Tensor, theta, coef, estimate, out: 
         floor = math.sqrt(width * (m + n)) * _U32
         predicted[width] = _bound_from(theta[:, :width], rtr[:, :width, :width], vtr[:, :width, :width],
                                        torch.full_like(state.scale, -floor), full * (1 - floor), s_hat, k)
+    return vecs, bound, predicted
+
+
+def _conclude(state: Krylov, members: torch.Tensor, theta, coef, estimate, out: _Outputs, k: int, p: int,
+              tol: float, m: int, certify_possible: torch.Tensor) -> _Certificate | None:
+    """Finish the stopped members of ``state`` from the fp32 data, or queue their fp64 certificate."""
+    vecs, bound, predicted = _fp32_certificates(state, theta, coef, k, p, m)
+    w = vecs.shape[2]
     # the narrowest width predicted to certify; the whole block where the estimate has not
     # met tol (fp32 stalled: the fp64 pass refines) and no width is predicted to certify
     pick = torch.where(estimate > tol, min(p, w), 0)
@@ -275,7 +286,9 @@ def _conclude(state: Krylov, members: torch.Tensor, theta, coef, estimate, out: 
         return None
     width = int(pick[certify].max())  # one width per call: the widest any member needs
     sel = certify
-    return _Certificate(members[sel.cpu()], vecs[sel][:, :, :width], vecs[sel][:, :, width:p].float())
+    # one block power step for free: G V (the fp32 images at hand) spans better top vectors
+    iterated = torch.linalg.qr(state.z[sel] @ coef[sel][:, :, :width]).Q
+    return _Certificate(members[sel.cpu()], iterated, vecs[sel][:, :, width:p].float())
 
 
 def _certify(after, before, cert: _Certificate, out: _Outputs, k: int, tol: float, m: int, backend: str,
@@ -349,6 +362,11 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend, ro
         estimate, rel_resid = ritz_estimates(theta, resid, k)
         step = min(p, n - state.width)
         done = ((estimate <= tol) & (rel_resid <= tol)) | (rel_resid <= STALL)
+        check = (estimate <= tol) & ~done  # sigma converged: stop if the fp64 pass will certify it
+        if bool(check.any()):
+            _, _, predicted = _fp32_certificates(state.subset(check), theta[check], coef[check], k, p, m,
+                                                 certified=False)
+            done[check] = torch.stack(list(predicted.values())).amin(0) <= tol
         if it == max_iters or step == 0:
             done = torch.ones_like(done)
         if bool(done.any()):

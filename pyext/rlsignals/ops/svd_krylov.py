@@ -116,14 +116,14 @@ class Krylov:
         self.err = self.err * (1 + _ORTHO_SLACK)
 
 
-def ritz_block(state: Krylov, coef: torch.Tensor, theta: torch.Tensor, m: int, n: int):
+def ritz_block(state: Krylov, coef: torch.Tensor, theta: torch.Tensor):
     """For the Ritz vectors V = Q coef (coef fp64 [b, K, w]): V (fp64 [b, n, w]), and the
     inputs of eigenvalue_bounds in units of ||dW||_F^2 / scale: R^T R, V^T R (R = Z coef - V
     diag(theta)) and the certified margin on ||computed G V - exact G V||_2 / scale (pass
     rounding through coef, the fp64 work here, and V's departure from orthonormality)."""
     vecs = state.q @ coef
     resid = state.z @ coef - vecs * theta[:, None, :]
-    w = coef.shape[2]
+    n, w = vecs.shape[1], coef.shape[2]
     eye = torch.eye(w, dtype=torch.float64, device=coef.device)
     orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye)
     coef_norm = torch.linalg.matrix_norm(coef, ord=2) * (1 + _ORTHO_SLACK)

@@ -40,6 +40,7 @@ class Rows:
         ``finite`` is False where any rank's Y, the summed Z or frob2 has a NaN/inf entry (a
         sum in fp64 is non-finite iff some entry is: fp32 entries cannot overflow it)."""
         y, z, frob2 = delta_gram_product(after, before, x, members, backend)
+        z = z.contiguous()  # collectives need dense tensors
         bad_y = (~torch.isfinite(y.sum((1, 2), dtype=torch.float64))).double()
         small = self.sum(torch.cat([frob2.double(), bad_y]))
         self.sum(z)

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from rlsignals.rank1.alpharl import UPDATES, aligned_features, alpharl_update, linear_in_step
 from rlsignals.io.checkpoints import Checkpoint, check_shapes, write_checkpoint
 from rlsignals.io.errors import UserError
 from rlsignals.io.tables import read_table
+from rlsignals.rank1.alpharl import UPDATES, aligned_features, alpharl_update, linear_in_step
 from rlsignals.rank1.trajectory import INDEX, Trajectory
 
 METHODS = ("alpharl", "linear_step", "two_point")

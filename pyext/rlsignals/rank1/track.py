@@ -26,14 +26,23 @@ import math
 import re
 import warnings
 from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from rlsignals.io.checkpoints import (DEFAULT_EXCLUDE, DEFAULT_INCLUDE, Checkpoint, CheckpointError, check_compatible,
-                                      layer_index, module_kind, select_matrices, write_checkpoint)
+from rlsignals.io.checkpoints import (
+    DEFAULT_EXCLUDE,
+    DEFAULT_INCLUDE,
+    Checkpoint,
+    CheckpointError,
+    check_compatible,
+    layer_index,
+    module_kind,
+    select_matrices,
+    write_checkpoint,
+)
 from rlsignals.io.distributed import barrier, broadcast_object, merge_dicts, rank_and_world
 from rlsignals.ops.svd import delta_svd
 from rlsignals.rank1.trajectory import Trajectory
@@ -83,20 +92,21 @@ def top_triplets(batches: Sequence[Sequence[str]], load: Loader, basis: dict[str
     "err_estimate", "certified", "iters" (0-d)}, on the CPU. A module whose update holds
     NaN/inf gets NaN results and a RuntimeWarning naming ``where`` and the module.
     """
-    sharded = {} if process_group is None else {"process_group": process_group}
     results: dict[str, dict[str, torch.Tensor]] = {}
     for batch in batches:
         after, before = load(batch)
         init = torch.stack([basis[n] for n in batch]).to(after.device) if all(n in basis for n in batch) else None
-        res = delta_svd(after, before, k=k, tol=tol, max_iters=max_iters, init=init, backend=backend, **sharded)
+        res = delta_svd(after, before, k=k, tol=tol, max_iters=max_iters, init=init, backend=backend,
+                        process_group=process_group)
         del after, before
-        left = res.U.cpu() if process_group is None else _gather_rows(res.U, process_group)
-        for j, name in enumerate(batch):
-            basis[name] = res.basis[j].cpu()
-            results[name] = {"S": res.S[j].cpu(), "U": left[j], "V": res.V[j].cpu(), "frob": res.frob[j].cpu(),
-                             "err_bound": res.err_bound[j].cpu(), "err_estimate": res.err_estimate[j].cpu(),
-                             "certified": res.certified[j].cpu(), "iters": res.iters[j].cpu()}
-            if bool(res.nonfinite[j]):
+        host = {key: getattr(res, key).cpu() for key in ("S", "V", "frob", "err_bound", "err_estimate", "certified",
+                                                         "iters", "nonfinite", "basis")}
+        host["U"] = res.U.cpu() if process_group is None else _gather_rows(res.U, process_group)
+        for j, name in enumerate(batch):  # clones: a pickled view (torchrun's gathers) would carry the whole batch
+            basis[name] = host["basis"][j].clone()
+            results[name] = {key: host[key][j].clone() for key in ("S", "U", "V", "frob", "err_bound", "err_estimate",
+                                                           "certified", "iters")}
+            if bool(host["nonfinite"][j]):
                 warnings.warn(f"{where}: the update of {name} holds NaN/inf; its trajectory entry is NaN",
                               RuntimeWarning, stacklevel=2)
         if on_batch is not None:
@@ -120,7 +130,8 @@ def checkpoint_step(path: str | Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _check_settings(k: object, tol: object, max_iters: object) -> None:
+def check_settings(k: object, tol: object, max_iters: object) -> None:
+    """k an int >= 1, tol a finite number > 0, max_iters None or an int >= 1 (checked before any work)."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (math.isfinite(tol) and tol > 0):
@@ -159,7 +170,7 @@ def track_rank1(base: str | Path, checkpoints: Sequence[str | Path], out: str | 
     """Append the top-k triplets of every tracked module for each checkpoint not yet in
     ``out`` (a ``Trajectory`` store; see the module docstring). Returns the store;
     ``certified_count()`` says how many modules the certificate covered."""
-    _check_settings(k, tol, max_iters)
+    check_settings(k, tol, max_iters)
     if not checkpoints:
         raise ValueError("checkpoints is empty: give at least one checkpoint folder")
     if steps is not None and len(steps) != len(checkpoints):

@@ -23,8 +23,16 @@ from pathlib import Path
 
 import torch
 
-from rlsignals.trainer.config import (FIELDS, HINTS, ConfigError, Inputs, TrainConfig, check_inputs, load_config,
-                                      type_name)
+from rlsignals.trainer.config import (
+    FIELDS,
+    HINTS,
+    ConfigError,
+    Inputs,
+    TrainConfig,
+    check_inputs,
+    load_config,
+    type_name,
+)
 
 SCORES_FILE = "scores.jsonl"
 

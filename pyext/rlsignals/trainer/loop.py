@@ -23,8 +23,9 @@ import math
 import random
 import shutil
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -71,7 +72,8 @@ class RLConfig:
 
 RewardFn = Callable[[str, dict], float]
 StepHook = Callable[["RLTrainer", dict], None]
-RolloutEngine = Callable[..., Any]  # (model, tokenizer, prompts, generations, *, max_new_tokens, temperature, keys) -> Rollouts
+# (model, tokenizer, prompts, generations, *, max_new_tokens, temperature, keys) -> Rollouts
+RolloutEngine = Callable[..., Any]
 
 
 class RLTrainer:

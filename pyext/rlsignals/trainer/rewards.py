@@ -19,7 +19,7 @@ import functools
 import importlib
 import importlib.util
 import re
-from typing import Callable
+from collections.abc import Callable
 
 Reward = Callable[[str, dict], float]
 BUILT_IN = ("integer", "last_integer", "math")

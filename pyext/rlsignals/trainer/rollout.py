@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList

@@ -41,8 +41,9 @@ transformers Trainer (TRL included).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -51,7 +52,7 @@ from rlsignals.io.atomic import atomic_path
 from rlsignals.io.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from rlsignals.io.errors import UserError
 from rlsignals.rank1.alpharl import UPDATES, alpharl_update
-from rlsignals.rank1.track import shape_batches, top_triplets
+from rlsignals.rank1.track import check_settings, shape_batches, top_triplets
 from rlsignals.rank1.trajectory import INDEX, Trajectory
 
 STATE_FORMAT = 2
@@ -113,6 +114,10 @@ class Rank1Tracker:
                        if p.dim() == 2 and keep.search(n) and not (drop and drop.search(n))}
         if not self.params:
             raise ValueError(f"no 2-D parameter matches include={include!r} / exclude={exclude!r}")
+        kinds = sorted({f"{_local(p).dtype} on {_local(p).device}" for p in self.params.values()})
+        if len(kinds) > 1:
+            raise ValueError(f"tracked parameters mix {kinds}; expected one dtype and device (narrow include=)")
+        check_settings(k, tol, max_iters)
         self.group = self._process_group()
         self.rows = self._row_ranges()
         self.every, self.k, self.tol, self.max_iters, self.backend = every, k, tol, max_iters, backend
@@ -128,7 +133,6 @@ class Rank1Tracker:
         self._basis: dict[str, torch.Tensor] = {}
         self._rewards: list[float] = []
         self.jumps: list[dict[str, Any]] = []
-        self.latest: dict[str, dict[str, torch.Tensor]] = {}
 
     # ---- sharding -------------------------------------------------------------------------------
     def _process_group(self):
@@ -212,7 +216,6 @@ class Rank1Tracker:
             self._store.truncate(self._tracked)  # records of a run that was not resumed from them
             self._store.add(f"step {step}", step, results, self._basis, accuracy=float(accuracy))
         self._tracked += 1
-        self.latest = results
         return results
 
     @torch.no_grad()

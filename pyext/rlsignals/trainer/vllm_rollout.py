@@ -18,8 +18,8 @@ engine in a subprocess; this class asks for the in-process engine
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -84,5 +84,6 @@ class VLLMRollout:
         mask = completion_mask(completion_ids, tokenizer.eos_token_id)
         lengths = torch.tensor([len(s.token_ids) for r in outputs for s in r.outputs])
         mask &= (torch.arange(max_new_tokens)[None, :] < lengths[:, None]).long()
-        texts = tokenizer.batch_decode([ids[m.bool()] for ids, m in zip(completion_ids, mask)], skip_special_tokens=True)
+        texts = tokenizer.batch_decode([ids[m.bool()] for ids, m in zip(completion_ids, mask)],
+                                       skip_special_tokens=True)
         return Rollouts(prompt_ids, prompt_mask, completion_ids, mask, logp * mask, texts)
