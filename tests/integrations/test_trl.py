@@ -21,8 +21,16 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast 
 from trl import GRPOConfig, RLOOConfig  # noqa: E402
 from trl.trainer.utils import RepeatSampler  # noqa: E402
 
-from rlsignals.integrations.trl import (ROW_COLUMN, STATE_FILE, GainRLGRPOTrainer, GainRLRepeatSampler,  # noqa: E402
-                                        GainRLRLOOTrainer, accuracy_columns, batch_accuracy)
+from rlsignals.integrations.trl import (  # noqa: E402
+    ROW_COLUMN,
+    STATE_FILE,
+    GainRLCallback,
+    GainRLGRPOTrainer,
+    GainRLRepeatSampler,
+    GainRLRLOOTrainer,
+    accuracy_columns,
+    batch_accuracy,
+)
 from rlsignals.integrations.trl_sampler import with_row_column  # noqa: E402
 from rlsignals.signals.samplers import GainRLSampler  # noqa: E402
 
@@ -278,6 +286,15 @@ def test_accuracy_choice():
         accuracy_columns(2, names)
     with pytest.raises(ValueError, match="one column per weight"):
         batch_accuracy(rewards, [1.0])
+
+
+def test_a_reward_model_in_the_accuracy_is_refused():
+    trainer = SimpleNamespace(reward_func_names=["judge", "correct"], reward_weights=[1.0, 1.0])
+    sampler = GainRLSampler(SCORES, 4)
+    with pytest.raises(ValueError, match="'judge' is a reward model.*the callables are \\['correct'\\]"):
+        GainRLCallback(trainer, sampler).observe([torch.nn.Linear(2, 1), len])
+    observed = GainRLCallback(trainer, sampler, "correct").observe([torch.nn.Linear(2, 1), len])
+    assert isinstance(observed[0], torch.nn.Module) and observed[1] is not len and observed[1].__wrapped__ is len
 
 
 def test_prompts_the_sampler_did_not_draw_are_reported(tmp_path):

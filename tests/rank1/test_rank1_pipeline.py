@@ -230,6 +230,12 @@ def test_bad_input(run, tmp_path):
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(CheckpointError, match="has shape"):
         track_rank1(root / "base", [tmp_path / "other"], tmp_path / "traj2", progress=False)
+    # the rank-1 model: an index past the trajectory, a base of another shape
+    with pytest.raises(ValueError, match=r"checkpoint must be an index in \[-3, 3\).*got 99"):
+        rank1_model(root / "base", traj, tmp_path / "r1", checkpoint=99)
+    with pytest.raises(CheckpointError, match="has shape .* the trajectory .* expects"):
+        rank1_model(tmp_path / "other", traj, tmp_path / "r1")
+    assert not (tmp_path / "r1").exists()
     # a truncated checkpoint file: error names the file, the store keeps what it had
     broken = tmp_path / "checkpoint-70"
     broken.mkdir()

@@ -94,7 +94,8 @@ import json
 import math
 import os
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import TrainerCallback
@@ -107,7 +108,7 @@ from rlsignals.io.atomic import write_json_atomic
 from rlsignals.signals.samplers import GainRLSampler
 
 __all__ = ["GainRLCallback", "GainRLGRPOTrainer", "GainRLMixin", "GainRLRLOOTrainer", "GainRLRepeatSampler",
-           "Rank1TrackerCallback", "ROW_COLUMN", "STATE_FILE", "batch_accuracy"]
+           "Rank1TrackerCallback", "ROW_COLUMN", "STATE_FILE", "accuracy_columns", "batch_accuracy"]
 
 STATE_FILE = "gain_rl_sampler.json"
 _STATE_FORMAT = "rlsignals.gain_rl.trl/1"
@@ -148,7 +149,7 @@ def accuracy_columns(accuracy: int | str, names: Sequence[str]) -> list[int]:
 def _is_async(func: Callable) -> bool:
     while isinstance(func, functools.partial):
         func = func.func
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
 
 
 class GainRLCallback(TrainerCallback):

@@ -13,7 +13,8 @@ reward functions as a keyword argument.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 

@@ -53,14 +53,15 @@ Gaussian window (mu cannot react to accuracy there).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from rlsignals.signals.samplers import GainRLSampler
 from rlsignals.io.tables import read_table
+from rlsignals.signals.samplers import GainRLSampler
 
 try:  # verl's base class when verl is installed: verl checks isinstance(sampler, AbstractSampler)
     from verl.experimental.dataset.sampler import AbstractCurriculumSampler as _SamplerBase

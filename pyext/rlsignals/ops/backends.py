@@ -35,6 +35,7 @@ from rlsignals.ops.registration import compiled_ops, triton_ops
 BACKENDS = ("torch", "cpp", "triton", "cuda")
 OPS = ("unit_sums", "delta_products")
 _DISPATCH_KEY = {"cpp": "CPU", "cuda": "CUDA"}
+_NAMESPACE = {"cpp": "rlsignals", "cuda": "rlsignals", "triton": "rlsignals_triton"}
 _warned: set[str] = set()
 
 
@@ -88,13 +89,16 @@ def op_status(op: str, backend: str) -> tuple[bool, str]:
 
 
 def kernel(op: str, backend: str) -> Callable:
-    """The torch op that runs ``op`` on a compiled ``backend`` ("cpp", "cuda" or "triton")."""
-    if backend == "triton":
-        return getattr(triton_ops(), op)
-    if backend not in _DISPATCH_KEY:
+    """The torch op that runs ``op`` on a compiled ``backend`` ("cpp", "cuda" or "triton").
+
+    Registers the ops on first use; under torch.compile that has already happened in
+    resolve_backend (run eagerly while tracing), so only the op lookup is traced.
+    """
+    if backend not in _NAMESPACE:
         raise ValueError(f"backend must be 'cpp', 'cuda' or 'triton' for a compiled kernel, got {backend!r}")
-    compiled_ops()
-    return getattr(torch.ops.rlsignals, op)
+    if not torch.compiler.is_compiling():
+        _registered(backend)
+    return getattr(getattr(torch.ops, _NAMESPACE[backend]), op)
 
 
 def warn_once(key: str, message: str) -> None:
@@ -113,6 +117,15 @@ def _check_device(backend: str, device: torch.device) -> None:
         raise ValueError("backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)")
 
 
+def _registered(backend: str) -> str:
+    """``backend``, after registering its ops (ops/registration.py)."""
+    if backend == "triton":
+        triton_ops()
+    elif backend in _DISPATCH_KEY:
+        compiled_ops()
+    return backend
+
+
 @torch.compiler.assume_constant_result
 def resolve_backend(backend: str, device: torch.device, op: str = "unit_sums") -> str:
     """The backend that runs ``op`` on ``device`` for the requested ``backend``.
@@ -127,14 +140,14 @@ def resolve_backend(backend: str, device: torch.device, op: str = "unit_sums") -
         if not live:
             raise RuntimeError(f"backend {backend!r} is not available for {op}: {reason}")
         _check_device(backend, device)
-        return backend
+        return _registered(backend)
     tried = []
     for name in (("cuda", "triton") if device.type == "cuda" else ("cpp",)):
         live, reason = op_status(op, name)
         if live:
-            return name
+            return _registered(name)
         tried.append((name, reason))
     warn_once(f"fallback-{op}-{device.type}",
-               f"rlsignals: no compiled {'/'.join(n for n, _ in tried)} backend for {device.type} tensors "
-               f"({tried[0][1]}); using the torch backend. Run `rlsignals doctor` for details.")
+              f"rlsignals: no compiled {'/'.join(n for n, _ in tried)} backend for {device.type} tensors "
+              f"({tried[0][1]}); using the torch backend. Run `rlsignals doctor` for details.")
     return "torch"

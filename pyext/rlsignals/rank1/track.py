@@ -38,6 +38,7 @@ from rlsignals.io.checkpoints import (
     Checkpoint,
     CheckpointError,
     check_compatible,
+    check_shapes,
     layer_index,
     module_kind,
     select_matrices,
@@ -221,12 +222,7 @@ def rank1_model(base: str | Path, trajectory: Trajectory, out: str | Path, *, ch
         raise ValueError(f"checkpoint must be an index in [{-count}, {count}) of the trajectory's {count} "
                          f"checkpoints, got {checkpoint!r}")
     base_ckpt = Checkpoint(base)
-    for module, shape in trajectory.shapes.items():
-        if module not in base_ckpt.files:
-            raise CheckpointError(f"{base_ckpt.path}: tensor {module!r} of the trajectory is missing")
-        if base_ckpt.shape(module) != shape:
-            raise CheckpointError(f"{base_ckpt.path}: tensor {module!r} has shape {base_ckpt.shape(module)}, "
-                                  f"the trajectory's is {shape}")
+    check_shapes(base_ckpt, trajectory.shapes, f"the trajectory {trajectory.root}")
     replaced = {}
     for module in trajectory.modules:
         u, v = trajectory.vectors(module)

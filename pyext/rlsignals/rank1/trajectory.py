@@ -208,11 +208,11 @@ class Trajectory:
         existing = cls.open(root)
         wanted = {name: (int(m), int(n)) for name, (m, n) in shapes.items()}
         if existing.base != base or existing.shapes != wanted:
-            raise UserError(f"{root} holds a trajectory of another base or module set "
-                             f"(base {existing.base}, {len(existing.shapes)} modules); choose another --out")
+            raise UserError(f"{root} holds a trajectory of another base or module set (base {existing.base}, "
+                            f"{len(existing.shapes)} modules); choose another output folder")
         if existing.k != k or existing.tol != tol:
             raise UserError(f"{root} holds a trajectory made with k={existing.k}, tol={existing.tol:g}, "
-                             f"not k={k}, tol={tol:g}; rerun with those or choose another --out")
+                            f"not k={k}, tol={tol:g}; rerun with those or choose another output folder")
         return existing
 
     # ---- writing --------------------------------------------------------------------------------

@@ -118,14 +118,14 @@ def train_from_config(config: TrainConfig, inputs: Inputs, parallel) -> list[dic
         from rlsignals.trainer.vllm_rollout import VLLMRollout
 
         rollout = VLLMRollout(config.model, seed=config.seed, **config.vllm_options)
-    hooks = []
-    if config.tracker and parallel.rank == 0:
-        from rlsignals.trainer.tracker import Rank1Tracker
-
-        hooks.append(Rank1Tracker(model, config.tracker_every, Path(config.output_dir) / "rank1_base.safetensors"))
     rl = RLConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(RLConfig) if f.name in FIELDS})
     trainer = RLTrainer(model, tokenizer, inputs.rows, render, inputs.reward, rl, config.output_dir, scores=scores,
-                        hooks=hooks, rollout=rollout, parallel=parallel, live_angles=live)
+                        rollout=rollout, parallel=parallel, live_angles=live)
+    if config.tracker:  # on every rank, made after wrapping: under FSDP it tracks the row slabs of the shards
+        from rlsignals.trainer.tracker import Rank1Tracker
+
+        trainer.hooks.append(Rank1Tracker(trainer.model, config.tracker_every,
+                                          Path(config.output_dir) / "rank1_base.safetensors"))
     return trainer.train(resume=config.resume, progress=config.progress)
 
 

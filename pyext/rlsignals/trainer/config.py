@@ -216,8 +216,6 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("angle_signal = 'live' needs live_angles = true")
     if config.angle_signal == "live" and config.sampler != "gain_rl":
         raise ConfigError("angle_signal = 'live' drives the GAIN-RL update; set sampler = 'gain_rl'")
-    if config.tracker and config.parallel == "fsdp":
-        raise ConfigError("tracker = true needs whole weights on rank 0: use parallel = 'ddp' (or one process)")
 
 
 @dataclasses.dataclass
