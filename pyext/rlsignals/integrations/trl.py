@@ -82,8 +82,8 @@ Guarantees.
   DataLoader workers add ``prefetch_factor * num_workers`` batches of lag.
   Chunk k's update itself always lands, at the end of its optimizer step.
 
-Tested with trl 1.16.0 (transformers 5.19, accelerate 1.15) on the CPU, one
-process and two (gloo).
+Tested on the CPU with trl 1.0.0, 1.10.0 and 1.16.0 (transformers 5.19,
+accelerate 1.15), one process and two (gloo; 1.0.0 and 1.16.0).
 """
 
 from __future__ import annotations

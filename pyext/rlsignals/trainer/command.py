@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -37,17 +39,18 @@ from rlsignals.trainer.config import (
 SCORES_FILE = "scores.jsonl"
 
 
-def add_train_parser(subparsers) -> argparse.ArgumentParser:
-    """The ``train`` subcommand: a config file and one flag per config key."""
-    parser = subparsers.add_parser("train", help="an RL run (GRPO-style) from a config file; torchrun for data "
-                                                 "parallel", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_train_parser(subparsers, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+    """The ``train`` subcommand: a config file and one flag per config key (``parents``: e.g. the
+    CLI's common flags; its ``--debug``, if any, is replaced by this one, which does the same)."""
+    parser = subparsers.add_parser("train", parents=list(parents), conflict_handler="resolve",
+                                   help="an RL run (GRPO-style) from a config file; torchrun for data parallel",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="a .toml or .json file of settings (keys below)")
     keys = parser.add_argument_group("settings (override the config file)")
     for name in FIELDS:
         keys.add_argument(f"--{name.replace('_', '-')}", dest=f"set_{name}", metavar=name.upper(),
                           help=f"({type_name(HINTS[name])})")
-    parser.add_argument("--traceback", action="store_true", help="show the full traceback on an error")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     parser.set_defaults(func=run_train)
     return parser
 
@@ -135,19 +138,20 @@ def run_train(args: argparse.Namespace) -> int:
     from rlsignals.trainer.parallel import Parallel
 
     started = time.perf_counter()
+    debug = getattr(args, "debug", False) or os.environ.get("RLSIGNALS_DEBUG", "") not in ("", "0")
     try:
         config = load_config(args.config, _overrides(args))
         parallel = Parallel.start(config.parallel)
         inputs = check_inputs(config, parallel.world)
     except ConfigError as exc:
-        if args.traceback:
+        if debug:
             raise
         print(f"rlsignals train: error: {exc}", file=sys.stderr)
         return 2
     try:
         history = train_from_config(config, inputs, parallel)
     except (NonFiniteLossError, ValueError) as exc:
-        if args.traceback:
+        if debug:
             raise
         print(f"rlsignals train: error: {exc}", file=sys.stderr)
         return 1

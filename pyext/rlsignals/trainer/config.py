@@ -27,7 +27,7 @@ from rlsignals.io.tables import read_table
 from rlsignals.signals.samplers import GainRLSampler
 from rlsignals.trainer.advantages import ESTIMATORS
 from rlsignals.trainer.correction import LEVELS, MODES
-from rlsignals.trainer.loop import ANGLE_SIGNALS
+from rlsignals.trainer.live_angles import ANGLE_SIGNALS
 from rlsignals.trainer.parallel import KINDS
 from rlsignals.trainer.rewards import BUILT_IN, Reward, resolve_reward
 

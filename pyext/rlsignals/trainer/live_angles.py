@@ -33,6 +33,7 @@ from rlsignals.ops.angle import angle_stats
 from rlsignals.signals.capture import resolve_module
 from rlsignals.trainer.shared_prefix import shared_prefix_len
 
+ANGLE_SIGNALS = ("precomputed", "live")  # which angle the GAIN-RL update reads
 Split = Callable[[list[int]], tuple[int, int]]  # prompt ids -> (prefix length, question end)
 
 

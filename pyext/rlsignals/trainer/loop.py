@@ -33,13 +33,12 @@ from tqdm.auto import tqdm
 from rlsignals.signals.samplers import GainRLSampler, UniformSampler
 from rlsignals.trainer.advantages import group_advantages
 from rlsignals.trainer.correction import is_weights
-from rlsignals.trainer.live_angles import LiveAngles
+from rlsignals.trainer.live_angles import ANGLE_SIGNALS, LiveAngles
 from rlsignals.trainer.loss import completion_logprobs, policy_loss
 from rlsignals.trainer.parallel import Parallel
 from rlsignals.trainer.rollout import hf_rollouts, mix_seed
 
 STATE_FILE = "trainer_state.json"
-ANGLE_SIGNALS = ("precomputed", "live")
 
 
 class NonFiniteLossError(RuntimeError):
