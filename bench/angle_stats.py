@@ -22,7 +22,6 @@ import sys
 
 import torch
 import torch.nn.functional as F
-
 from common import peak_memory_bytes, pin_glibc_mmap_threshold, print_table, time_call, write_results
 
 import rlsignals

@@ -21,7 +21,8 @@ Methods (times per matrix; stacks timed whole and divided by B; all on the same 
   arpack, propack    scipy.sparse.linalg.svds(dW fp32, k=1, tol) with the largest tol of a
                      ladder reaching 1e-4 (PROPACK: maxiter 400)
   linalg_svd         torch.linalg.svd(dW fp32), one matrix, first shape only (other shapes:
-                     extrapolated by m n min(m, n) and marked so)
+                     extrapolated by m n min(m, n) and marked so); not in --quick
+--quick times each contender by its one tuning run and delta_svd by one call.
 The reference is ARPACK at full precision (tol=0) on the fp64 delta of the stored bf16
 pairs. err = max over the stack of |S_1 - sigma_1| / sigma_1; sin_u, sin_v: sines of the
 angles to the reference u_1, v_1. Timings on a shared 2-core VM are noisy (other jobs run).
@@ -52,7 +53,8 @@ ULP = 2.0 ** -8 * 0.02  # a bf16 ULP of a weight of about 0.02 (mantissa 8 bits 
 LOWRANK_NITERS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
 SKLEARN_NITERS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
 SVDS_TOLS = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0]
-REPS = {"min_seconds": 1.0, "max_reps": 5, "min_reps": 3}  # --quick: 2 timed calls after the warm-up
+REPS = {"min_seconds": 1.0, "max_reps": 5, "min_reps": 3}
+QUICK_TIMING = {"on": False}  # --quick: contenders timed by their one tuning run, delta_svd by 1 call
 
 
 def bbp_spike(ratio: float, aspect: float) -> float:
@@ -131,12 +133,22 @@ def sin_angle(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def tune(run, ladder):
-    """First ladder value whose sigma_1 error is <= TARGET, with its error (else the last)."""
+    """First ladder value whose sigma_1 error is <= TARGET, with its error (else the last) and
+    the wall time of that run in ms (--quick times contenders by this one run)."""
     for value in ladder:
+        t0 = time.perf_counter()
         err = run(value)
+        ms = (time.perf_counter() - t0) * 1e3
         if err <= TARGET:
-            return value, err
-    return value, err
+            break
+    return value, err, ms
+
+
+def timed(fn, tuned_ms: float) -> dict:
+    """time_call of fn, or (--quick) the one tuning run's time."""
+    if QUICK_TIMING["on"]:
+        return {"median_ms": tuned_ms, "p20_ms": tuned_ms, "p80_ms": tuned_ms, "reps": 1}
+    return time_call(fn, torch.device("cpu"), **REPS)
 
 
 def contenders(w0, w1, ref, record, num: int) -> None:
@@ -146,9 +158,8 @@ def contenders(w0, w1, ref, record, num: int) -> None:
     def lowrank(niter: int):
         return torch.svd_lowrank(w1.float() - w0.float(), q=16, niter=niter)[1][:, 0]
 
-    niter, err = tune(lambda q: rel_err(lowrank(q), ref), LOWRANK_NITERS)
-    record("svd_lowrank", time_call(lambda: lowrank(niter), torch.device("cpu"), **REPS),
-           niter=niter, err=err)
+    niter, err, ms = tune(lambda q: rel_err(lowrank(q), ref), LOWRANK_NITERS)
+    record("svd_lowrank", timed(lambda: lowrank(niter), ms), niter=niter, err=err)
 
     def per_member(fn):
         return [fn((w1[b].float() - w0[b].float()).numpy()) for b in range(num)]
@@ -156,9 +167,8 @@ def contenders(w0, w1, ref, record, num: int) -> None:
     def sk(n_iter: int):
         return per_member(lambda d: randomized_svd(d, 1, n_oversamples=15, n_iter=n_iter, random_state=0)[1][0])
 
-    n_iter, err = tune(lambda q: rel_err(sk(q), ref), SKLEARN_NITERS)
-    record("sklearn", time_call(lambda: sk(n_iter), torch.device("cpu"), **REPS),
-           n_iter=n_iter, err=err)
+    n_iter, err, ms = tune(lambda q: rel_err(sk(q), ref), SKLEARN_NITERS)
+    record("sklearn", timed(lambda: sk(n_iter), ms), n_iter=n_iter, err=err)
     for solver in ("arpack", "propack"):
         extra = {"maxiter": 400} if solver == "propack" else {}
 
@@ -172,13 +182,12 @@ def contenders(w0, w1, ref, record, num: int) -> None:
             except Exception:  # noqa: BLE001 - a solver that fails at this tol counts as not accurate
                 return math.inf
 
-        tol, err = tune(safe_err, SVDS_TOLS)
+        tol, err, ms = tune(safe_err, SVDS_TOLS)
         if math.isfinite(err):
-            record(solver, time_call(lambda run=run, tol=tol: run(tol), torch.device("cpu"), **REPS),
-                   svds_tol=tol, err=err)
+            record(solver, timed(lambda run=run, tol=tol: run(tol), ms), svds_tol=tol, err=err)
 
 
-def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict) -> list[dict]:
+def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict, with_linalg: bool) -> list[dict]:
     w0, w1, w2 = stack(family, num, m, n, seed=zlib.crc32(f"{family} {m} {n}".encode()))
     t0 = time.perf_counter()
     ref, ref2 = reference(w1, w0), reference(w2, w0)
@@ -200,9 +209,9 @@ def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict
 
     for name, after, refs, init in (("delta_svd", w1, ref, None), ("delta_svd+warm", w2, ref2, "basis")):
         start = run_delta(w1).basis if init else None
+        t0 = time.perf_counter()
         out = run_delta(after, start)
-        timing = time_call(lambda after=after, start=start: run_delta(after, start), torch.device("cpu"),
-                           **REPS)
+        timing = timed(lambda after=after, start=start: run_delta(after, start), (time.perf_counter() - t0) * 1e3)
         errs = [abs(float(s) - r[0]) / r[0] for s, r in zip(out.S[:, 0], refs)]
         record(name, timing, iters=int(out.iters.max()), err=max(errs),
                sin_u=max(sin_angle(out.U[b, :, 0], refs[b][2]) for b in range(num)),
@@ -213,7 +222,7 @@ def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict
                est_under_err=max(max(x, 2.0 ** -30) / float(e) for e, x in zip(out.err_estimate, errs)),
                bound_honest=all(float(bd) >= x for bd, x in zip(out.err_bound, errs)))
     contenders(w0, w1, ref, record, num)
-    if (m, n) not in linalg:
+    if with_linalg and (m, n) not in linalg:
         dw = w1[0].float() - w0[0].float()
         t0 = time.perf_counter()
         s = torch.linalg.svd(dw, full_matrices=False).S
@@ -226,7 +235,7 @@ def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict
 def add_ratios(records: list[dict], linalg: dict) -> None:
     """Per case: delta_svd's speed-up over each contender and over the best one tuned to TARGET,
     and over linalg.svd (measured on its shape, else extrapolated by m n min(m, n))."""
-    (m0, n0), ms0 = next(iter(linalg.items()))
+    (m0, n0), ms0 = next(iter(linalg.items())) if linalg else ((0, 0), None)
     for r in records:
         if r["method"] != "delta_svd":
             continue
@@ -238,6 +247,8 @@ def add_ratios(records: list[dict], linalg: dict) -> None:
         if tuned:
             r["best_contender"] = min(tuned, key=tuned.get)
             r["x_vs_best"] = tuned[r["best_contender"]] / r["median_ms"]
+        if ms0 is None:
+            continue
         measured = (r["m"], r["n"]) in linalg
         ms = linalg[(r["m"], r["n"])] if measured else ms0 * (r["m"] * r["n"] * min(r["m"], r["n"])) / (
             m0 * n0 * min(m0, n0))
@@ -247,14 +258,16 @@ def add_ratios(records: list[dict], linalg: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one shape, B=2, seven families")
+    parser.add_argument("--quick", action="store_true",
+                        help="one shape, B=2, seven families, single timings, no linalg.svd")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every method")
     parser.add_argument("--stack", type=int, nargs="+", default=None, help="stack sizes B (default 2 8; quick: 2)")
     parser.add_argument("--backend", default="auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.quick:
-        REPS.update(min_seconds=0.0, min_reps=2)
+        REPS.update(min_seconds=0.0, min_reps=1, max_reps=1)
+        QUICK_TIMING["on"] = True
     shapes = QUICK_SHAPES if args.quick else SHAPES
     families = QUICK_FAMILIES if args.quick else FAMILIES
     stacks = args.stack or ([2] if args.quick else [2, 8])
@@ -263,7 +276,8 @@ def main() -> None:
         for num in stacks:
             for family in families:
                 print(f"{family} {m}x{n} bf16, B={num}", flush=True)
-                records += bench_case(family, m, n, num, args.backend, linalg)
+                records += bench_case(family, m, n, num, args.backend, linalg, not args.quick)
+                save(records, args)  # partial results survive an interrupted run
     add_ratios(records, linalg)
     print_table(records, [("family", "family", "s"), ("m", "m", "d"), ("n", "n", "d"), ("B", "B", "d"),
                           ("ratio", "s1/s2", ".2f"), ("top_share", "share", ".4f"), ("method", "method", "s"),
@@ -271,10 +285,13 @@ def main() -> None:
                           ("sin_v", "sin v", ".1e"), ("err_estimate", "estimate", ".1e"),
                           ("err_bound", "bound", ".1e"), ("x_vs_best", "x best", ".1f"),
                           ("x_vs_linalg_svd", "x linalg", ".0f")])
-    path = write_results("delta_svd", torch.device("cpu"), records,
-                         {"target_sigma1_rel_err": TARGET, "quick": args.quick, "stacks": stacks,
+    print(f"wrote {save(records, args)}")
+
+
+def save(records: list[dict], args) -> object:
+    return write_results("delta_svd", torch.device("cpu"), records,
+                         {"target_sigma1_rel_err": TARGET, "quick": args.quick, "threads": args.threads,
                           "note": "shared 2-core VM, other jobs running: timings noisy"})
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ import pytest
 import torch
 from helpers.brute_force import angle_stats_brute
 from helpers.devices import backend_device
+from helpers.packs import EDGE_PACK, make_pack
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers.packs import EDGE_PACK, make_pack
 from torch.testing import assert_close
 
 import rlsignals

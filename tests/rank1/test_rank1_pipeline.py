@@ -246,6 +246,7 @@ def test_bad_input(run, tmp_path):
     assert len(Trajectory.open(tmp_path / "traj").records) == 3
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_ranks_match_one_process(run, tmp_path):
     root, paths, _ = run
     args = ["-m", "rlsignals", "rank1", "--base", str(root / "base"), "--ckpt", *map(str, paths[:3])]

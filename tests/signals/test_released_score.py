@@ -8,8 +8,8 @@ import math
 
 import pytest
 import torch
-
 from helpers.tiny_models import CHATML, make_model, make_tokenizer
+
 from rlsignals.signals import PromptTemplate, ScoreConfig, score_prompts
 from rlsignals.signals.capture import StopForward, capture_input, resolve_module
 from rlsignals.signals.scoring import released_angle
@@ -49,8 +49,8 @@ def test_score_prompts_in_released_mode_equals_the_formula_on_the_same_hidden_st
     _, module = resolve_module(model, None)
     for i, prompt in enumerate(prompts):
         ids = template.token_ids(prompt)
-        seen = {}
-        with torch.inference_mode(), capture_input(module, lambda h: seen.setdefault("h", h[0].clone())):
+        seen: dict[str, torch.Tensor] = {}
+        with torch.inference_mode(), capture_input(module, lambda h, seen=seen: seen.setdefault("h", h[0].clone())):
             try:
                 model(input_ids=torch.tensor([ids]))
             except StopForward:

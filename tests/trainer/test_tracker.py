@@ -104,6 +104,7 @@ def run_trainer(out: Path, steps: int):
     return tracker, history
 
 
+@pytest.mark.slow
 def test_a_resumed_run_tracks_exactly_as_an_uninterrupted_one(tmp_path):
     full, history = run_trainer(tmp_path / "full", 4)
     run_trainer(tmp_path / "part", 2)

@@ -93,10 +93,11 @@ def build_claims(raw: dict[str, Any]) -> list[Claim]:
             f"rank-1 trajectory linearity: median leave-one-out R^2 ({mode} PLS)", "linear (R^2 near 1)",
             stats.bootstrap(lambda a: float(np.median(a)), values[np.isfinite(values)]), 0.9, "above",
             note=f"{len(raw['fit_steps'])} checkpoints (steps {raw['fit_steps']}), over modules"))
+    fitted = max(raw["fit_steps"]) / steps[-1] if raw["fit_steps"] else float("nan")
     for name, correct in raw["extrapolated_correct"].items():
         paper = ">96% at 2.5x fewer steps" if name.startswith("alpharl") else "(peer method)"
         rows.append(Claim(
-            f"{name}: accuracy extrapolated from the first 40% / final", paper,
+            f"{name}: accuracy extrapolated from the first {fitted:.0%} / final", paper,
             stats.accuracy_ratio_ci(final, _a(correct)), 0.96, "above", note=f"fit on steps {raw['fit_steps']}",
             spec=".0%"))
     rl, sft = _a(raw["bf16_unchanged"]["rl"]), _a(raw["bf16_unchanged"]["sft"])

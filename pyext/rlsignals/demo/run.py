@@ -144,6 +144,12 @@ def pls_loo(traj, accuracy: dict[int, float], fit_steps: list[int]) -> dict[str,
     return out
 
 
+def bf16_unchanged(before: Checkpoint, after: Checkpoint) -> list[float]:
+    """Per decoder matrix, the fraction of its entries unchanged in bf16."""
+    return [1.0 - float(bf16_changed(before.get(name), after.get(name)).float().mean())
+            for name in select_matrices(before)]
+
+
 def learned_step(probe: list[tuple[int, list[float]]], never: int) -> list[float]:
     """Per probe row: the first evaluated step at which it is answered right (rows right
     at step 0 are left out: NaN); ``never`` when it never is."""
@@ -309,7 +315,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
     results = {
         "config": dataclasses.asdict(cfg),
         "score_seconds": score_seconds,
-        "arms": {arm: {k: v for k, v in a.items() if k not in ("model", "probe", "correct")} for arm, a in arms.items()},
+        "arms": {arm: {k: v for k, v in a.items() if k not in ("model", "probe", "correct")}
+                 for arm, a in arms.items()},
         "not_fitted": not_fitted,
         "testbed": [{"figure": name, "start": a.as_dict(), "end": b.as_dict()} for name, a, b in headroom_rows(raw)],
         "claims": [c.as_dict() for c in build_claims(raw)],
@@ -320,7 +327,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
     (out / "demo.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "demo.txt").write_text(format_table(results) + "\n")
     print(format_table(results))
-    print(f"\nplots: {out / 'demo.png'}, update geometry: {out / 'report' / 'index.html'}, numbers: {out / 'demo.json'}")
+    print(f"\nplots: {out / 'demo.png'}, update geometry: {out / 'report' / 'index.html'}, "
+          f"numbers: {out / 'demo.json'}")
     return results
 
 
@@ -339,10 +347,12 @@ def format_table(r: dict) -> str:
              f"{cfg['train_prompts']} prompts took {r['score_seconds']:.1f} s)", "",
              f"  greedy accuracy at step{'':21}{'GAIN-RL':>13}{'uniform':>13}"]
     for i, step in enumerate(raw["eval_steps"]):
-        lines.append(f"  {step:<44}{np.mean(raw['gain_rl_correct'][i]):>13.3f}{np.mean(raw['uniform_correct'][i]):>13.3f}")
+        gain, uniform = np.mean(raw["gain_rl_correct"][i]), np.mean(raw["uniform_correct"][i])
+        lines.append(f"  {step:<44}{gain:>13.3f}{uniform:>13.3f}")
     lines += ["", f"  testbed (uniform run){'':23}{'start [95% CI]':>22}{'end [95% CI]':>24}"]
     for row in r["testbed"]:
-        lines.append(f"  {row['figure']:<44}{Estimate(**row['start']).format():>22}{Estimate(**row['end']).format():>24}")
+        start, end = Estimate(**row["start"]).format(), Estimate(**row["end"]).format()
+        lines.append(f"  {row['figure']:<44}{start:>22}{end:>24}")
     claims = [Claim(c["name"], c["paper"], Estimate(c["value"], c["low"], c["high"]), c["threshold"], c["side"],
                     c["note"], c["spec"]) for c in r["claims"]]
     lines += ["", "  claims (verdict: holds / does not = the whole 95% interval is on one side of the paper's "

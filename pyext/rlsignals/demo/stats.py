@@ -5,7 +5,8 @@ Every interval is a two-sided 95% percentile bootstrap unless stated:
 resample the units (problems, seeds, modules) with replacement, recompute the
 figure, take the 2.5% and 97.5% quantiles. (Written out rather than
 ``scipy.stats.bootstrap`` because some figures, e.g. a curve's crossing step,
-are undefined on a few resamples, and those are dropped, not propagated.) Paired figures (two models on the same problems) resample the
+are undefined on a few resamples, and those are dropped, not propagated.)
+Paired figures (two models on the same problems) resample the
 problems once for both, so the shared difficulty cancels.
 
 A figure is an ``Estimate(value, low, high)``; ``low``/``high`` are NaN when the
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

@@ -23,8 +23,9 @@ import argparse
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from rlsignals.demo.claims import verdict
 from rlsignals.demo.run import DemoConfig, run_demo

@@ -29,8 +29,7 @@ import torch
 from rlsignals.ops.backends import resolve_backend
 from rlsignals.ops.registration import block_positions
 from rlsignals.ops.unit_sums import split_ranges, unit_sums
-from rlsignals.ops.validation import (check_block_size, check_cu_seqlens, check_hidden, check_prefix_lens,
-                                      require_values)
+from rlsignals.ops.validation import check_block_size, check_cu_seqlens, check_hidden, check_prefix_lens, require_values
 
 
 class AngleStats(NamedTuple):

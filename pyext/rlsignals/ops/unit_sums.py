@@ -48,7 +48,8 @@ def segment_sum(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return torch.segment_reduce(values, "sum", lengths=lengths, axis=0, unsafe=True)
 
 
-def unit_sums_torch(hidden: torch.Tensor, offsets: torch.Tensor, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_sums_torch(hidden: torch.Tensor, offsets: torch.Tensor,
+                    eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure-torch O(T*d) version: normalise in fp32, then add rows into their range.
     Differentiable by torch's autograd (the gradient of ops/registration.py).
     (index_add_ rather than segment_reduce: about 30x faster on the CPU.)"""
@@ -86,7 +87,8 @@ def split_ranges(offsets: torch.Tensor, num_rows: int, chunk: int) -> tuple[torc
     return torch.cat([starts, offsets[-1:]]), lengths
 
 
-def unit_sums(hidden: torch.Tensor, offsets: torch.Tensor, backend: str, eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
+def unit_sums(hidden: torch.Tensor, offsets: torch.Tensor, backend: str,
+              eps: float = EPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Run unit_sums on an already validated input with a resolved backend.
 
     hidden [T, d] float32/float16/bfloat16 with contiguous rows; offsets [R + 1]
