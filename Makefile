@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m rlsignals demo
+	$(PY) -m rlsignals demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -230,15 +230,15 @@ def _score(args: argparse.Namespace) -> int:
 
     if args.system_prompt is not None and args.system_prompt_file is not None:
         raise UsageError("--system-prompt and --system-prompt-file: give one of them, not both")
+    data = Path(args.data).resolve()
+    for flag, path in (("--out", args.out), ("--ordered-data", args.ordered_data)):
+        if path is not None and Path(path).resolve() == data:
+            raise UsageError(f"{flag} {path}: is the --data file itself; choose another output path")
+    if args.ordered_data is not None and Path(args.ordered_data).resolve() == Path(args.out).resolve():
+        raise UsageError(f"--ordered-data {args.ordered_data}: is the --out file too; choose two paths")
     out = _table_output(args.out, "--out", SCORE_COLUMNS, args.overwrite)
     ordered = _table_output(args.ordered_data, "--ordered-data", ORDERED_COLUMNS, args.overwrite) \
         if args.ordered_data else None
-    data = Path(args.data).resolve()
-    for flag, path in (("--out", out), ("--ordered-data", ordered)):
-        if path is not None and path.resolve() == data:
-            raise UsageError(f"{flag} {path}: is the --data file itself; choose another output path")
-    if ordered is not None and ordered.resolve() == out.resolve():
-        raise UsageError(f"--ordered-data {ordered}: is the --out file too; choose two paths")
     resolve_model_source(args.model)
     from transformers.utils import logging as transformers_logging
 
@@ -312,6 +312,9 @@ def _rank1(args: argparse.Namespace) -> int:
                            backend=args.backend)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"trajectory of {len(traj.modules)} modules over {len(traj.records)} checkpoints -> {args.out}")
+        certified, modules = traj.certified_count()
+        print(f"{certified} of {modules} modules certified (err_bound <= tol); "
+              "the others carry an a-posteriori estimate")
     return 0
 
 

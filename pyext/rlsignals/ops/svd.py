@@ -90,7 +90,9 @@ class DeltaSVD(NamedTuple):
     S: fp32 [B, k], descending. U: fp32 [B, m, k] (with a process group: this rank's rows).
     V: fp32 [B, n, k]. frob: fp32 [B], ||after - before||_F.
     err_bound: fp32 [B], certified bound on max_i |S_i - sigma_i| / sigma_1 (module
-        docstring; 0 for a zero delta, inf when sigma_1 could not be bounded away from 0).
+        docstring; 0 for a zero delta, inf when sigma_1 could not be bounded away from 0,
+        as on dense spectra that stop without the fp64 pass: the fp32 rounding margin, about
+        1e-3 ||dW||_F^2, exceeds sigma_1^2 when the top direction holds under ~1% of it).
     iters: int64 [B], passes over the inputs (products) this member took, the fp64 one included.
     nonfinite: bool [B], True where the delta has a NaN/inf entry or overflows fp32 in the
         products; that member's S, U, V, frob, err_bound, err_estimate and basis are NaN,
