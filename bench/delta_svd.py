@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 import zlib
 
@@ -291,6 +292,7 @@ def main() -> None:
 def save(records: list[dict], args) -> object:
     return write_results("delta_svd", torch.device("cpu"), records,
                          {"target_sigma1_rel_err": TARGET, "quick": args.quick, "threads": args.threads,
+                          "load_average_1m": os.getloadavg()[0],
                           "note": "shared 2-core VM, other jobs running: timings noisy"})
 
 

@@ -1,5 +1,5 @@
-"""Command line: ``rlsignals doctor | build | demo | showcase | score | rank1 | rank1-model | extrapolate |
-diff-report``.
+"""Command line: ``rlsignals doctor | build | demo | showcase | score | train | rank1 | rank1-model |
+extrapolate | diff-report``.
 
 Every anticipated failure is one line on stderr, ``rlsignals <command>: error:
 what, which file/tensor/flag, what was expected``, with exit status 2 for a bad
@@ -210,7 +210,12 @@ def _demo(args: argparse.Namespace) -> int:
 
     config = DemoConfig.quick() if args.quick else DemoConfig()
     with _incremental_output(args.out, "demo", args.overwrite, resume_incomplete=True):
-        run_demo(args.out, config)
+        if args.seeds > 1:
+            from rlsignals.demo.study import run_study
+
+            run_study(args.out, args.seeds, config)
+        else:
+            run_demo(args.out, config)
     return 0
 
 
@@ -463,6 +468,9 @@ def _build_parser() -> argparse.ArgumentParser:
                                                              "(default: %(default)s; an unfinished run is resumed)")
     demo.add_argument("--quick", action="store_true", help="a reduced size that finishes in a minute or two")
     demo.add_argument("--overwrite", action="store_true", help="replace the output of an earlier finished demo")
+    demo.add_argument("--seeds", type=int, default=1,
+                      help="run the demo for seeds 0..N-1 (one folder each) and pool every claim with an interval "
+                           "over seeds (default: %(default)s)")
     demo.set_defaults(func=_demo)
     showcase = sub.add_parser("showcase", parents=[common],
                               help="a short showcase of the angle ops on synthetic hidden states")
@@ -471,6 +479,9 @@ def _build_parser() -> argparse.ArgumentParser:
     showcase.set_defaults(func=_showcase)
     _add_score_parser(sub, common)
     _add_checkpoint_parsers(sub, common)
+    from rlsignals.trainer.command import add_train_parser
+
+    add_train_parser(sub, parents=[common])
     return parser
 
 
