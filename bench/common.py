@@ -21,8 +21,8 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -118,7 +118,7 @@ def machine_info(device: torch.device) -> dict:
     from rlsignals import __version__
 
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {_cpu_model()}",
         "cpu": _cpu_model(),
         "cpu_threads": torch.get_num_threads(),

@@ -244,7 +244,7 @@ def run_all(args: argparse.Namespace) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     scale = args.time_limit / sum(s.budget_s for s in STEPS)
     started = time.monotonic()
-    summary = {"tool": "bench/gpu_check.py", "started": datetime.datetime.now(datetime.timezone.utc)
+    summary = {"tool": "bench/gpu_check.py", "started": datetime.datetime.now(datetime.UTC)
                .isoformat(timespec="seconds"), "time_limit_s": args.time_limit, "device": None, "probe": None,
                "steps": []}
     results: list[dict] = summary["steps"]

@@ -18,7 +18,8 @@ def test_every_subpackage_is_listed_in_pyproject():
 
 
 def test_kernel_sources_are_package_data():
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["rlsignals.csrc"]
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools["package-data"]["rlsignals.csrc"]
     sources = {p for p in (ROOT / "csrc").rglob("*") if p.suffix in (".h", ".cpp", ".cu", ".cuh")}
     # setuptools globs each pattern from the package folder ("*.h" does not reach bindings/)
     shipped = {p for pattern in patterns for p in (ROOT / "csrc").glob(pattern)}

@@ -481,7 +481,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_checkpoint_parsers(sub, common)
     from rlsignals.trainer.command import add_train_parser
 
-    add_train_parser(sub, parents=[common])
+    add_train_parser(sub)  # its own --debug (a shared parent's action must not be resolved away)
     return parser
 
 

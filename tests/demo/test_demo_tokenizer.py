@@ -29,9 +29,11 @@ def test_chat_template_renders_chatml():
     assert text.startswith(f"<|im_start|>system\n{task.SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n7 + 5<|im_end|>\n")
     assert text.endswith("<|im_start|>user\n12 + 3<|im_end|>\n<|im_start|>assistant\n")
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3 + 2 * len(task.EXAMPLES)   # system, few-shot, question, reply
+    # system, few-shot turns, question, reply
+    assert ids.count(tok.convert_tokens_to_ids("<|im_start|>")) == 3 + 2 * len(task.EXAMPLES)
     assert tok.decode(ids) == text
-    assert tok.decode(ids, skip_special_tokens=True).startswith(f"system\n{task.SYSTEM_PROMPT}\nuser\n7 + 5\nassistant\n= 12\n")
+    plain = tok.decode(ids, skip_special_tokens=True)
+    assert plain.startswith(f"system\n{task.SYSTEM_PROMPT}\nuser\n7 + 5\nassistant\n= 12\n")
 
 
 def test_save_and_autotokenizer_load_identically(tmp_path):

@@ -10,8 +10,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rlsignals.geometry.metrics import bf16_changed, module_geometry, overlap, principal_angles_deg, principal_mask
-from rlsignals.ops.svd import delta_svd
 from rlsignals.geometry.report import diff_report
+from rlsignals.ops.svd import delta_svd
 
 
 def test_bf16_mask_is_the_papers_tolerance_rule():

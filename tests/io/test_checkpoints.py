@@ -8,8 +8,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from rlsignals.io.checkpoints import (Checkpoint, CheckpointError, check_compatible, group_by_shape, module_kind,
-                                   select_matrices, write_checkpoint)
+from rlsignals.io.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    check_compatible,
+    group_by_shape,
+    module_kind,
+    select_matrices,
+    write_checkpoint,
+)
 
 SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=64)

@@ -10,7 +10,7 @@ from helpers.planted import gap_spectrum, planted_delta, true_errors, weight_pai
 from torch.testing import assert_close
 
 import rlsignals
-from rlsignals.ops.delta_products import delta_gram_product
+from rlsignals.ops.delta_products import delta_products
 
 # (B, m, n, p): odd sizes, m < n and m > n, a single element, p across register widths,
 # m > 256 (several row slabs in the C++ kernel)
@@ -38,7 +38,7 @@ def test_product_matches_fp64(backend, shape, dtype, acc, with_before):
     before = torch.randn(num, m, n, generator=gen).to(dtype) if with_before else None
     x = torch.randn(2, n, p, generator=gen, dtype=acc)
     members = torch.tensor([num - 1, 0])
-    y, z, frob2 = delta_gram_product(after.to(device), None if before is None else before.to(device),
+    y, z, frob2 = delta_products(after.to(device), None if before is None else before.to(device),
                                      x.to(device), members, backend)
     assert y.dtype == z.dtype == acc and frob2.dtype == torch.float64
     for got, want in zip((y, z, frob2), brute_force(after, before, x, members)):
@@ -49,7 +49,7 @@ def test_wide_block_runs_in_column_groups(backend):
     device = backend_device(backend)
     after = torch.randn(2, 40, 24).to(torch.bfloat16)
     x = torch.randn(1, 24, 45)
-    y, z, frob2 = delta_gram_product(after.to(device), None, x.to(device), torch.tensor([1]), backend)
+    y, z, frob2 = delta_products(after.to(device), None, x.to(device), torch.tensor([1]), backend)
     want = brute_force(after, None, x, torch.tensor([1]))
     for got, ref in zip((y, z, frob2), want):
         assert_close(got.cpu().double(), ref, atol=1e-5 * float(ref.abs().max()), rtol=0)

@@ -232,13 +232,13 @@ def record_pass_widths(monkeypatch) -> list[tuple[torch.dtype, int]]:
     import rlsignals.ops.svd_rows as rows_module
 
     widths = []
-    product = rows_module.delta_gram_product
+    product = rows_module.delta_products
 
     def recording(after, before, x, members, backend):
         widths.append((x.dtype, x.shape[2]))
         return product(after, before, x, members, backend)
 
-    monkeypatch.setattr(rows_module, "delta_gram_product", recording)
+    monkeypatch.setattr(rows_module, "delta_products", recording)
     return widths
 
 

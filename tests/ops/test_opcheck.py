@@ -68,13 +68,13 @@ def test_delta_products_opcheck(compiled_backend):
 
 @pytest.mark.parametrize("backend", ["torch", "cpp", "triton", "cuda"])
 def test_delta_products_outputs_never_require_grad(backend, backend_table):
-    from rlsignals.ops.delta_products import delta_gram_product
+    from rlsignals.ops.delta_products import delta_products
 
     backend_table(backend)
     device = backend_device(backend)
     after = torch.randn(2, 6, 4, device=device, requires_grad=True)
     x = torch.randn(1, 4, 2, device=device, requires_grad=True)
-    outputs = delta_gram_product(after, None, x, torch.tensor([1]), backend)
+    outputs = delta_products(after, None, x, torch.tensor([1]), backend)
     assert not any(t.requires_grad for t in outputs)
 
 

@@ -45,14 +45,15 @@ import platform
 import random
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from rlsignals.demo import task
-from rlsignals.trainer.shared_prefix import answer_loss, pad_right, shared_prefix_logits
 from rlsignals.demo.tokenizer import EOS, build_tokenizer
+from rlsignals.trainer.shared_prefix import answer_loss, pad_right, shared_prefix_logits
 
 HELDOUT_SEED = 20240
 MODEL_DIMS = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,

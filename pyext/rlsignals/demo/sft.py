@@ -3,7 +3,7 @@ compare what SFT changes in the weights with what RL changes."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm

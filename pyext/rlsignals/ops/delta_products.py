@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from rlsignals.ops.backends import kernel, op_status, warn_once
+from rlsignals.ops.backends import kernel
 
 # Widest X a compiled kernel takes in one pass; wider blocks run in column groups.
 MAX_KERNEL_COLS = 32
@@ -42,7 +42,7 @@ _TORCH_CHUNK_ELEMS = 1 << 22
 
 
 @torch.no_grad()
-def gram_product_torch(after: torch.Tensor, before: torch.Tensor | None, x: torch.Tensor,
+def delta_products_torch(after: torch.Tensor, before: torch.Tensor | None, x: torch.Tensor,
                        members: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pure-torch version of the delta_products op (same arguments and results; no gradient)."""
     b, n, p = x.shape
@@ -63,24 +63,8 @@ def gram_product_torch(after: torch.Tensor, before: torch.Tensor | None, x: torc
     return y, z, frob2
 
 
-def product_backend(backend: str, requested: str) -> str:
-    """``backend`` (resolve_backend's choice for the device) if it has a delta_products kernel
-    in the backend table (ops/backends.py), else, for ``requested == "auto"``, Triton or torch
-    with one warning; an explicit choice that cannot run raises. (Equivalent to
-    ``resolve_backend(requested, device, "delta_products")``, which new callers use.)"""
-    live, reason = op_status("delta_products", backend)
-    if live:
-        return backend
-    if requested != "auto":
-        raise RuntimeError(f"backend {backend!r} is not available for delta_products: {reason}")
-    fallback = "triton" if backend == "cuda" and op_status("delta_products", "triton")[0] else "torch"
-    warn_once(f"fallback-delta_products-{backend}",
-              f"rlsignals: delta_products has no {backend} kernel ({reason}); using {fallback}.")
-    return fallback
-
-
-def delta_gram_product(after: torch.Tensor, before: torch.Tensor | None, x: torch.Tensor,
-                       members: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def delta_products(after: torch.Tensor, before: torch.Tensor | None, x: torch.Tensor,
+                   members: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Y = dW X, Z = dW^T Y and ||dW||_F^2 for the listed members, in one pass each (the
     delta_products op on ``backend``, a name resolve_backend returned). Outputs never require grad.
 
@@ -92,7 +76,7 @@ def delta_gram_product(after: torch.Tensor, before: torch.Tensor | None, x: torc
     the first).
     """
     if backend == "torch":
-        return gram_product_torch(after, before, x, members)
+        return delta_products_torch(after, before, x, members)
     op = kernel("delta_products", backend)
     members = members.to(after.device)
     if x.shape[2] <= MAX_KERNEL_COLS:

@@ -60,7 +60,6 @@ import numpy as np
 import torch
 
 from rlsignals.ops.backends import resolve_backend
-from rlsignals.ops.delta_products import product_backend
 from rlsignals.ops.svd_bound import eigenvalue_bounds, relative_error_bound
 from rlsignals.ops.svd_estimate import ritz_estimates
 from rlsignals.ops.svd_krylov import Krylov, pass_rounding, ritz_block
@@ -168,7 +167,7 @@ def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 
     Returns DeltaSVD; unbatched input gives unbatched output (like torch.linalg).
     """
     args = check_delta_svd_args(after, before, k, tol, max_iters, oversample, seed, init, process_group)
-    name = product_backend(resolve_backend(backend, args.after.device), backend)
+    name = resolve_backend(backend, args.after.device, "delta_products")
     max_iters = DEFAULT_MAX_ITERS if args.max_iters is None else args.max_iters
     rows = Rows(process_group, args.after.shape[1], args.after.device)
     out = _solve(args.after, args.before, k, tol, max_iters, oversample, seed, args.init, name, rows)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from rlsignals.ops.delta_products import delta_gram_product
+from rlsignals.ops.delta_products import delta_products
 
 
 class Rows:
@@ -35,11 +35,11 @@ class Rows:
         return t
 
     def product(self, after, before, x, members, backend):
-        """delta_gram_product over all rows: (Y of this slab, Z, frob2, finite [b] bool on the CPU).
+        """delta_products over all rows: (Y of this slab, Z, frob2, finite [b] bool on the CPU).
 
         ``finite`` is False where any rank's Y, the summed Z or frob2 has a NaN/inf entry (a
         sum in fp64 is non-finite iff some entry is: fp32 entries cannot overflow it)."""
-        y, z, frob2 = delta_gram_product(after, before, x, members, backend)
+        y, z, frob2 = delta_products(after, before, x, members, backend)
         z = z.contiguous()  # collectives need dense tensors
         bad_y = (~torch.isfinite(y.sum((1, 2), dtype=torch.float64))).double()
         small = self.sum(torch.cat([frob2.double(), bad_y]))

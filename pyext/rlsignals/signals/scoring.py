@@ -26,19 +26,19 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from rlsignals.io.distributed import barrier, rank_and_world
 from rlsignals.io.errors import UserError
+from rlsignals.io.tables import check_table_path, read_jsonl_tolerant, write_table
 from rlsignals.ops.angle import angle_stats_spans
 from rlsignals.signals.capture import StopForward, capture_input, resolve_module
 from rlsignals.signals.prompts import PromptTemplate, TemplateBounds, load_few_shot, load_rows
-from rlsignals.io.tables import check_table_path, read_jsonl_tolerant, write_table
-
 
 SCORE_MODES = ("exact", "released")
 

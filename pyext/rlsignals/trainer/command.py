@@ -20,7 +20,6 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -39,10 +38,9 @@ from rlsignals.trainer.config import (
 SCORES_FILE = "scores.jsonl"
 
 
-def add_train_parser(subparsers, parents: Sequence[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
-    """The ``train`` subcommand: a config file and one flag per config key (``parents``: e.g. the
-    CLI's common flags; its ``--debug``, if any, is replaced by this one, which does the same)."""
-    parser = subparsers.add_parser("train", parents=list(parents), conflict_handler="resolve",
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """The ``train`` subcommand: a config file, one flag per config key, and ``--debug``."""
+    parser = subparsers.add_parser("train",
                                    help="an RL run (GRPO-style) from a config file; torchrun for data parallel",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="a .toml or .json file of settings (keys below)")
