@@ -53,6 +53,7 @@ import torch
 
 from rlsignals.demo import task
 from rlsignals.demo.tokenizer import EOS, build_tokenizer
+from rlsignals.io.atomic import write_json_atomic
 from rlsignals.trainer.shared_prefix import answer_loss, pad_right, shared_prefix_logits
 
 HELDOUT_SEED = 20240
@@ -269,9 +270,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.generation_config.bos_token_id = None
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    tmp = out / "pretrain_info.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    tmp.replace(out / "pretrain_info.json")
+    write_json_atomic(out / "pretrain_info.json", info)
     print(f"saved to {out}: {n_params} parameters, {train_s:.0f}s, greedy {greedy['overall']:.3f} "
           f"{greedy['by_difficulty']}, sampled {sampled['overall']:.3f} {sampled['by_difficulty']}")
     return info
