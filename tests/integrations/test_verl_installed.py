@@ -14,12 +14,15 @@ of ``RayPPOTrainer.fit``. Ray workers and models are not started.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+if os.environ.get("CI") == "true":
+    import verl  # noqa: F401 - CI installs verl 0.7.1 (.ci/run): there a failed import fails, it does not skip
 verl = pytest.importorskip("verl")
 sampler_api = pytest.importorskip("verl.experimental.dataset.sampler",
                                   reason="this verl has no sampler hook (>= 0.8): offline ordering only")
