@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from helpers.gain_rl import check_released_updates
 from torch.utils.data import DataLoader
 
 from rlsignals.integrations.verl import GainRLVerlSampler, load_scores
@@ -82,14 +82,8 @@ def test_batches_are_the_draws_and_mu_has_no_lag(sampler):
     seen = train(sampler, loader_for(sampler), steps=25)  # 10 batches an epoch: crosses two epoch ends
     gain = sampler.gain
     assert len(sampler) == ROWS and seen == [gain.draw(k) for k in range(25)]
-    mu, mus = 0.0, [0.0]
-    for k, update in enumerate(gain.history):
-        acc = sum(TARGETS[r] for r in seen[k]) / BATCH
-        ang = sum(SCORES[r] for r in seen[k]) / BATCH
-        assert update["acc"] == pytest.approx(acc) and update["ang"] == pytest.approx(ang)
-        mu = min(max(mu + min(max(4 * math.tanh(2 * (acc - 0.5)) + 4 * math.tanh(2 * ang), 0), 10), 0), ROWS - 1)
-        assert update["mu"] == pytest.approx(mu)
-        mus.append(mu)
+    mus = check_released_updates(gain.history, seen, TARGETS, SCORES, batch=BATCH, n=4, adj_max=10, rows=ROWS)
+    mu = mus[-1]
     assert gain.draw_mus == pytest.approx(mus[:25])  # draw k used mu after k updates
     assert sampler.metrics["gain_rl/mu"] == pytest.approx(mu) and mu > 10
 

@@ -13,7 +13,6 @@ of ``RayPPOTrainer.fit``. Ray workers and models are not started.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -29,6 +28,7 @@ sampler_api = pytest.importorskip("verl.experimental.dataset.sampler",
 pa = pytest.importorskip("pyarrow")
 
 import pyarrow.parquet as pq  # noqa: E402
+from helpers.gain_rl import check_released_updates  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torchdata.stateful_dataloader import StatefulDataLoader  # noqa: E402
 from verl import DataProto  # noqa: E402
@@ -102,14 +102,8 @@ def test_verl_loads_the_sampler_and_its_batches_are_the_draws(data_file):
     seen = fit(loader, steps=9)  # 6 batches a pass: crosses a pass end
     gain = sampler.gain
     assert seen == [gain.draw(k) for k in range(9)]
-    mu, mus = 0.0, [0.0]
-    for k, update in enumerate(gain.history):
-        acc = sum(TARGETS[r] for r in seen[k]) / BATCH
-        ang = sum(SCORES[r] for r in seen[k]) / BATCH
-        assert update["acc"] == pytest.approx(acc) and update["ang"] == pytest.approx(ang)
-        mu = min(max(mu + min(max(3 * math.tanh(2 * (acc - 0.5)) + 3 * math.tanh(2 * ang), 0), 8), 0), ROWS - 1)
-        assert update["mu"] == pytest.approx(mu)
-        mus.append(mu)
+    mus = check_released_updates(gain.history, seen, TARGETS, SCORES, batch=BATCH, n=3, adj_max=8, rows=ROWS)
+    mu = mus[-1]
     assert gain.draw_mus == pytest.approx(mus[:9])  # no lag: draw k used mu after k updates
     assert len(gain.history) == 9 and mu > 0
 
