@@ -12,9 +12,9 @@ from rlsignals.io.checkpoints import (
     Checkpoint,
     CheckpointError,
     check_compatible,
-    group_by_shape,
     module_kind,
     select_matrices,
+    shape_batches,
     write_checkpoint,
 )
 
@@ -44,15 +44,16 @@ def test_reads_single_and_sharded(tmp_path, shard):
     assert module_kind("model.layers.2.self_attn.q_proj.weight") == "self_attn.q_proj"
 
 
-def test_group_by_shape_batches_layer_stacks(tmp_path):
+def test_shape_batches_batch_layer_stacks(tmp_path):
     save_tiny(tmp_path / "m")
     ckpt = Checkpoint(tmp_path / "m")
-    batches = group_by_shape(ckpt, select_matrices(ckpt))
+    shapes = {name: ckpt.shape(name) for name in select_matrices(ckpt)}
+    batches = shape_batches(shapes)
     for batch in batches:
         assert len({ckpt.shape(n) for n in batch}) == 1
     assert sorted(n for b in batches for n in b) == sorted(select_matrices(ckpt))
     limit = 32 * 48 * 4 * 2  # two fp32 up_proj matrices
-    small = group_by_shape(ckpt, select_matrices(ckpt), max_batch_bytes=limit)
+    small = shape_batches(shapes, max_batch_bytes=limit)
     for batch in small:
         m, n = ckpt.shape(batch[0])
         assert len(batch) * 4 * m * n <= limit

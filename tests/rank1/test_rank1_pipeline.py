@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from rlsignals.io.checkpoints import Checkpoint, CheckpointError, select_matrices
+from rlsignals.io.checkpoints import Checkpoint, CheckpointError, select_matrices, shape_batches
 from rlsignals.ops.svd import delta_svd
 from rlsignals.rank1 import track
 from rlsignals.rank1.extrapolate import extrapolate, read_accuracy
-from rlsignals.rank1.track import rank1_model, shape_batches, track_rank1
+from rlsignals.rank1.track import rank1_model, track_rank1
 from rlsignals.rank1.trajectory import Trajectory
 
 SMALL = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,

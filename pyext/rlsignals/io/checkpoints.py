@@ -8,7 +8,7 @@ and the tensor.
 
 ``select_matrices`` picks the tensors an analysis covers (default: every 2-D
 weight of the decoder layers; embeddings, lm_head and norms out) and
-``group_by_shape`` batches same-shaped ones for ``delta_svd``.
+``shape_batches`` batches same-shaped ones for ``delta_svd``.
 ``write_checkpoint`` writes a loadable copy of a checkpoint with some tensors
 replaced, atomically; it carries the files that belong to the weights (config,
 tokenizer, shard index, remote code) and none of a trainer's state (optimizer,
@@ -18,6 +18,7 @@ scheduler, RNG, trainer_state.json), which would no longer match them.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections import defaultdict
@@ -161,16 +162,17 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def group_by_shape(ckpt: Checkpoint, names: Iterable[str], max_batch_bytes: int = 1 << 30) -> list[list[str]]:
-    """Same-shaped tensors in batches of at most ``max_batch_bytes`` (fp32 size),
-    in name order within each shape (layer stacks of one module kind batch together)."""
+def shape_batches(shapes: Mapping[str, tuple[int, ...]], max_batch_bytes: int = 1 << 30) -> list[list[str]]:
+    """Modules of one shape in batches of at most ``max_batch_bytes`` (the fp32 size of
+    one operand), ordered by module kind then layer within a shape, shapes in first-seen
+    order. The same shapes give the same batches on every rank."""
     by_shape: dict[tuple[int, ...], list[str]] = defaultdict(list)
-    for name in names:
-        by_shape[ckpt.shape(name)].append(name)
+    for name, shape in shapes.items():
+        by_shape[tuple(shape)].append(name)
     batches = []
     for shape, group in by_shape.items():
-        per_batch = max(1, max_batch_bytes // (4 * shape[0] * shape[1]))
-        group = sorted(group, key=lambda n: (module_kind(n), layer_index(n) or 0))
+        per_batch = max(1, max_batch_bytes // (4 * math.prod(shape)))
+        group = sorted(group, key=lambda n: (module_kind(n), layer_index(n) or 0, n))
         batches += [group[i:i + per_batch] for i in range(0, len(group), per_batch)]
     return batches
 

@@ -25,8 +25,7 @@ import json
 import math
 import re
 import warnings
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -39,9 +38,8 @@ from rlsignals.io.checkpoints import (
     CheckpointError,
     check_compatible,
     check_shapes,
-    layer_index,
-    module_kind,
     select_matrices,
+    shape_batches,
     write_checkpoint,
 )
 from rlsignals.io.distributed import barrier, broadcast_object, merge_dicts, rank_and_world
@@ -50,21 +48,6 @@ from rlsignals.rank1.trajectory import Trajectory
 
 Loader = Callable[[Sequence[str]], "tuple[torch.Tensor, torch.Tensor]"]
 SUPPORTED_DTYPES = ("F32", "F16", "BF16")
-
-
-def shape_batches(shapes: Mapping[str, tuple[int, ...]], max_batch_bytes: int = 1 << 30) -> list[list[str]]:
-    """Modules of one shape in batches of at most ``max_batch_bytes`` (the fp32 size of
-    one operand), ordered by module kind then layer within a shape, shapes in first-seen
-    order. The same shapes give the same batches on every rank."""
-    by_shape: dict[tuple[int, ...], list[str]] = defaultdict(list)
-    for name, shape in shapes.items():
-        by_shape[tuple(shape)].append(name)
-    batches = []
-    for shape, group in by_shape.items():
-        per_batch = max(1, max_batch_bytes // (4 * math.prod(shape)))
-        group = sorted(group, key=lambda n: (module_kind(n), layer_index(n) or 0, n))
-        batches += [group[i:i + per_batch] for i in range(0, len(group), per_batch)]
-    return batches
 
 
 def _gather_rows(local: torch.Tensor, group) -> torch.Tensor:

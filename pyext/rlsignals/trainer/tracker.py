@@ -49,10 +49,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlsignals.io.atomic import atomic_path
-from rlsignals.io.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+from rlsignals.io.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, shape_batches
 from rlsignals.io.errors import UserError
 from rlsignals.rank1.alpharl import UPDATES, alpharl_update
-from rlsignals.rank1.track import check_settings, shape_batches, top_triplets
+from rlsignals.rank1.track import check_settings, top_triplets
 from rlsignals.rank1.trajectory import INDEX, Trajectory
 
 STATE_FORMAT = 2
