@@ -1,13 +1,14 @@
 """Shared benchmark harness: timing, peak memory, machine facts, JSON output.
 
 Timings are medians (with p20/p80) of repeated calls after a warm-up; CUDA
-calls are synchronised. Peak memory is the extra memory a call needs: on CUDA
-torch.cuda.max_memory_allocated; on the CPU the peak resident set size,
-sampled every 0.2 ms while the call runs, above the size before it. Call
-``pin_glibc_mmap_threshold()`` after all timings and before measuring CPU
-memory: it makes glibc return blocks of 64 KiB and more to the OS at once, so
-freed memory is not reused unseen (and page faults then cost more, which is why
-timings come first).
+calls are synchronised. time_interleaved times several functions in alternating
+rounds, so that they share whatever load the machine has. Peak memory is the
+extra memory a call needs: on CUDA torch.cuda.max_memory_allocated; on the CPU
+the peak resident set size, sampled every 0.2 ms while the call runs, above the
+size before it. Call ``pin_glibc_mmap_threshold()`` after all timings and before
+measuring CPU memory: it makes glibc return blocks of 64 KiB and more to the OS
+at once, so freed memory is not reused unseen (and page faults then cost more,
+which is why timings come first).
 """
 
 from __future__ import annotations
@@ -53,21 +54,43 @@ def time_call(fn: Callable[[], object], device: torch.device, *, min_seconds: fl
     size, so launch and synchronisation overhead do not decide a microsecond-scale
     kernel's figure.
     """
-    fn()
-    _sync(device)
-    inner = 1
-    if device.type == "cuda":
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        inner = max(1, min(1000, int(2e-3 / max(time.perf_counter() - t0, 1e-6))))
-    times: list[float] = []
+    return time_interleaved({"fn": fn}, device, min_seconds=min_seconds, max_reps=max_reps, min_reps=min_reps)["fn"]
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, min_seconds: float = 1.0,
+                     max_reps: int = 50, min_reps: int = 3, warmup: bool = True) -> dict[str, dict]:
+    """time_call's figures for each of several functions, timed in rounds.
+
+    After one warm-up call each (warmup=False: the caller has just called each),
+    every round times one rep (a batch of calls on CUDA) of every function in turn,
+    so a change in machine load during the run falls on all of them alike. Rounds
+    go on until min_reps, then until max_reps or until about min_seconds per
+    function have passed.
+    """
+    inner = {}
+    for name, fn in fns.items():
+        if warmup:
+            fn()
+            _sync(device)
+        inner[name] = 1
+        if device.type == "cuda":
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            inner[name] = max(1, min(1000, int(2e-3 / max(time.perf_counter() - t0, 1e-6))))
+    times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
-    while len(times) < min_reps or (len(times) < max_reps and time.perf_counter() - start < min_seconds):
-        times.append(_timed_batch(fn, device, inner) / inner)
-    quantiles = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
-    return {"median_ms": statistics.median(times), "p20_ms": quantiles[1], "p80_ms": quantiles[7], "reps": len(times),
-            "calls_per_rep": inner}
+    rounds = 0
+    while rounds < min_reps or (rounds < max_reps and time.perf_counter() - start < min_seconds * len(fns)):
+        for name, fn in fns.items():
+            times[name].append(_timed_batch(fn, device, inner[name]) / inner[name])
+        rounds += 1
+    out = {}
+    for name, ts in times.items():
+        quantiles = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) >= 2 else [ts[0]] * 9
+        out[name] = {"median_ms": statistics.median(ts), "p20_ms": quantiles[1], "p80_ms": quantiles[7],
+                     "reps": len(ts), "calls_per_rep": inner[name]}
+    return out
 
 
 def _timed_batch(fn: Callable[[], object], device: torch.device, calls: int) -> float:
@@ -164,14 +187,22 @@ def device_tag(device: torch.device) -> str:
     return "cpu"
 
 
-def write_results(op: str, device: torch.device, records: list[dict], extra: dict | None = None) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{op}-{device_tag(device)}.json"
+def write_results(op: str, device: torch.device, records: list[dict], extra: dict | None = None,
+                  results_dir: Path = RESULTS_DIR) -> Path:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{op}-{device_tag(device)}.json"
     payload = {"op": op, "machine": machine_info(device), **(extra or {}), "results": records}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+def readme_row(what: str, case: str, result: str, baseline: str) -> dict:
+    """One entry of a results JSON's top-level "readme_rows" (bench/readme_table.py makes the
+    README's table from them): what was measured, on which case, the figure with the fastest
+    baseline named and the ratio to it, and that baseline's own figure."""
+    return {"what": what, "case": case, "result": result, "baseline": baseline}
 
 
 def print_table(records: list[dict], columns: list[tuple[str, str, str]]) -> None:

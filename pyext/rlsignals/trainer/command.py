@@ -119,7 +119,7 @@ def train_from_config(config: TrainConfig, inputs: Inputs, parallel) -> list[dic
         from rlsignals.trainer.vllm_rollout import VLLMRollout
 
         rollout = VLLMRollout(config.model, seed=config.seed, **config.vllm_options)
-    rl = RLConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(RLConfig) if f.name in FIELDS})
+    rl = RLConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(RLConfig)})
     trainer = RLTrainer(model, tokenizer, inputs.rows, render, inputs.reward, rl, config.output_dir, scores=scores,
                         rollout=rollout, parallel=parallel, live_angles=live)
     if config.tracker:  # on every rank, made after wrapping: under FSDP it tracks the row slabs of the shards

@@ -28,6 +28,7 @@ from rlsignals.signals.samplers import GainRLSampler
 from rlsignals.trainer.advantages import ESTIMATORS
 from rlsignals.trainer.correction import LEVELS, MODES
 from rlsignals.trainer.live_angles import ANGLE_SIGNALS
+from rlsignals.trainer.loop import RLConfig
 from rlsignals.trainer.parallel import KINDS
 from rlsignals.trainer.rewards import BUILT_IN, Reward, resolve_reward
 
@@ -46,9 +47,11 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass
-class TrainConfig:
-    """Every key of a ``rlsignals train`` config, with its default."""
+class TrainConfig(RLConfig):
+    """Every key of a ``rlsignals train`` config, with its default: the RL loop's
+    settings (``RLConfig``, whose docs list them) and the command's own below."""
 
+    max_new_tokens: int = 64           # (RLConfig's default is 12, the demo task's)
     model: str = ""                    # local HF causal LM folder (required)
     data: str = ""                     # .jsonl or .parquet (.json, .csv too) dataset (required)
     output_dir: str = ""               # checkpoints, metrics.jsonl (required)
@@ -58,24 +61,8 @@ class TrainConfig:
     few_shot: str | None = None        # file of few-shot turns (chat messages or question/answer pairs)
     use_chat_template: bool = True
     reward: str = "integer"            # integer | last_integer | math | module:function
-    steps: int = 100
-    prompts_per_step: int = 16
-    generations: int = 8
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    lr: float = 1e-5
-    max_grad_norm: float = 1.0
-    advantage: str = "grpo"
-    clip_eps: float = 0.2
-    kl_coef: float = 0.0
-    is_mode: str = "truncate"
-    is_level: str = "token"
-    is_cap: float = 2.0
-    sampler: str = "uniform"           # uniform | gain_rl
     scores: str | None = None          # angle scores file (rlsignals score); none: scored at the start
-    sampler_options: dict = dataclasses.field(default_factory=dict)  # GainRLSampler settings
     live_angles: bool = True           # log the live angle signal of each step
-    angle_signal: str = "precomputed"  # precomputed | live: which angle the GAIN-RL update uses
     angle_module: str | None = None    # hooked module; default: last decoder layer's mlp.up_proj
     intra_weight: float = 1.0
     inter_weight: float = 1.0
@@ -85,8 +72,6 @@ class TrainConfig:
     tracker_every: int = 1
     parallel: str = "auto"             # auto | fsdp | ddp | none (auto: fsdp under torchrun)
     dtype: str = "float32"
-    save_every: int = 0
-    seed: int = 0
     resume: bool = True
     progress: bool = True
 

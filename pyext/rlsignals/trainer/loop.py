@@ -63,7 +63,7 @@ class RLConfig:
     is_level: str = "token"          # token | sequence
     is_cap: float = 2.0
     sampler: str = "uniform"         # uniform | gain_rl (needs scores)
-    sampler_options: dict = dataclasses.field(default_factory=dict)
+    sampler_options: dict = dataclasses.field(default_factory=dict)  # GainRLSampler settings
     angle_signal: str = "precomputed"  # precomputed (the scores) | live (from the training forward) for GAIN-RL
     save_every: int = 0              # steps between checkpoints (0: only at the end)
     seed: int = 0
