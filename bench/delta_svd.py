@@ -13,22 +13,30 @@ Families (bf16 stacks W0 [B, m, n] ~ N(0, 0.02^2), W1 = bf16(W0 + dW)):
 Each member's dW is scaled to entries of about 4 bf16 ULPs of the weights (subulp: 0.02 ULP).
 
 Methods (times per matrix; stacks timed whole and divided by B; all on the same threads):
-  delta_svd          rlsignals.delta_svd(W1, W0, k=1, tol=1e-4), compiled CPU backend
+  delta_svd          rlsignals.delta_svd(W1, W0, k=1, tol=1e-4), compiled backend
   delta_svd+warm     W2 = W1 + 5% of another update, init = W1's result's basis
   svd_lowrank        torch.svd_lowrank(dW fp32, q=16, niter) with the smallest niter of a ladder
                      reaching sigma_1 rel. error <= 1e-4 (the dW subtraction included)
-  sklearn            sklearn randomized_svd(dW, 1, n_oversamples=15, n_iter), tuned the same way
+  sklearn            sklearn randomized_svd(dW, 1, n_oversamples=15, n_iter), tuned the same way (CPU)
   arpack, propack    scipy.sparse.linalg.svds(dW fp32, k=1, tol) with the largest tol of a
-                     ladder reaching 1e-4 (PROPACK: maxiter 400)
-  linalg_svd         torch.linalg.svd(dW fp32), one matrix, first shape only (other shapes:
-                     extrapolated by m n min(m, n) and marked so); not in --quick
---quick times each contender by its one tuning run and delta_svd by one call.
+                     ladder reaching 1e-4 (PROPACK: maxiter 400) (CPU)
+  linalg_svd         torch.linalg.svd(dW fp32), first member of each shape (B=1 cost)
+  pass/<backend>     one fused pass (ops/delta_products.py, 16 columns) of the stack, beside
+                     "read": reading W0 and W1 once (x_read = t_pass / t_read)
+Every contender is tuned to the same sigma_1 accuracy (<= 1e-4) in the same run, so
+x_vs_best compares equal accuracy. --quick times each contender by its one tuning run and
+delta_svd by one call.
 The reference is ARPACK at full precision (tol=0) on the fp64 delta of the stored bf16
-pairs. err = max over the stack of |S_1 - sigma_1| / sigma_1; sin_u, sin_v: sines of the
-angles to the reference u_1, v_1. Timings on a shared 2-core VM are noisy (other jobs run).
+pairs (on the CPU, whatever --device). err = max over the stack of |S_1 - sigma_1| / sigma_1;
+sin_u, sin_v: sines of the angles to the reference u_1, v_1. est_vs_err = err_estimate /
+max(err, 2^-24): an estimate at its fp32 rounding floor with a true error below it counts as 1
+(the floor says "as accurate as fp32 S can be", not an error of that size).
 
-Usage: python bench/delta_svd.py [--quick] [--threads 2] [--stack 2 8]
-Writes bench/results/delta_svd-cpu.json and prints a table.
+Usage:
+  python bench/delta_svd.py --quick            # CPU, 2048 x 2048, B=1, three families, < 2 min quiet
+  python bench/delta_svd.py                    # CPU, 4096 x 4096 and 11008 x 4096, B=2 and 8
+  python bench/delta_svd.py --device cuda      # GPU (scipy/sklearn contenders skipped)
+Writes bench/results/delta_svd-<device>.json (with "readme_rows") and prints a table.
 """
 
 from __future__ import annotations
@@ -45,17 +53,28 @@ from common import print_table, time_call, write_results
 
 import rlsignals
 
-SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
-QUICK_SHAPES = [(4096, 4096)]
-FAMILIES = ["mp1-3", "mp1-1.5", "mp1-1.2", "mp3-1.5", "mp3-1.2", "geo30-1.5", "geo30-1.2", "subulp", "concentrated"]
-QUICK_FAMILIES = ["mp1-3", "mp1-1.5", "mp1-1.2", "mp3-1.5", "geo30-1.2", "subulp", "concentrated"]
+# (shapes, stack sizes, families) per mode
+MODES = {
+    "cpu": ([(4096, 4096), (11008, 4096)], [2, 8],
+            ["mp1-3", "mp1-1.5", "mp1-1.2", "mp3-1.5", "mp3-1.2", "geo30-1.2", "subulp", "concentrated"]),
+    "cpu-quick": ([(2048, 2048)], [1], ["mp1-1.5", "mp1-1.2", "concentrated"]),
+    "cuda": ([(4096, 4096), (11008, 4096)], [2], ["mp1-1.2", "concentrated"]),  # fits gpu_check's 80 s
+    "cuda-quick": ([(4096, 4096)], [1], ["mp1-1.5", "concentrated"]),
+}
+REALISTIC = ("mp1", "mp3", "subulp")  # spike(s) over a noise bulk; the others are friendly
 TARGET = 1e-4
+FLOOR = 2.0 ** -24  # err_estimate's fp32 rounding floor (ops/svd_estimate.py)
 ULP = 2.0 ** -8 * 0.02  # a bf16 ULP of a weight of about 0.02 (mantissa 8 bits incl. the hidden one)
 LOWRANK_NITERS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
 SKLEARN_NITERS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
 SVDS_TOLS = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0]
 REPS = {"min_seconds": 1.0, "max_reps": 5, "min_reps": 3}
-QUICK_TIMING = {"on": False}  # --quick: contenders timed by their one tuning run, delta_svd by 1 call
+RUN = {"quick": False, "device": torch.device("cpu")}  # set once by main()
+
+
+def sync() -> None:
+    if RUN["device"].type == "cuda":
+        torch.cuda.synchronize(RUN["device"])
 
 
 def bbp_spike(ratio: float, aspect: float) -> float:
@@ -137,8 +156,10 @@ def tune(run, ladder):
     """First ladder value whose sigma_1 error is <= TARGET, with its error (else the last) and
     the wall time of that run in ms (--quick times contenders by this one run)."""
     for value in ladder:
+        sync()
         t0 = time.perf_counter()
         err = run(value)
+        sync()
         ms = (time.perf_counter() - t0) * 1e3
         if err <= TARGET:
             break
@@ -147,20 +168,21 @@ def tune(run, ladder):
 
 def timed(fn, tuned_ms: float) -> dict:
     """time_call of fn, or (--quick) the one tuning run's time."""
-    if QUICK_TIMING["on"]:
+    if RUN["quick"]:
         return {"median_ms": tuned_ms, "p20_ms": tuned_ms, "p80_ms": tuned_ms, "reps": 1}
-    return time_call(fn, torch.device("cpu"), **REPS)
+    return time_call(fn, RUN["device"], **REPS)
 
 
 def contenders(w0, w1, ref, record, num: int) -> None:
-    from scipy.sparse.linalg import svds
-    from sklearn.utils.extmath import randomized_svd
-
     def lowrank(niter: int):
-        return torch.svd_lowrank(w1.float() - w0.float(), q=16, niter=niter)[1][:, 0]
+        return torch.svd_lowrank(w1.float() - w0.float(), q=16, niter=niter)[1][:, 0].cpu()
 
     niter, err, ms = tune(lambda q: rel_err(lowrank(q), ref), LOWRANK_NITERS)
     record("svd_lowrank", timed(lambda: lowrank(niter), ms), niter=niter, err=err)
+    if RUN["device"].type != "cpu":
+        return  # scipy and scikit-learn run on the CPU only
+    from scipy.sparse.linalg import svds
+    from sklearn.utils.extmath import randomized_svd
 
     def per_member(fn):
         return [fn((w1[b].float() - w0[b].float()).numpy()) for b in range(num)]
@@ -188,13 +210,30 @@ def contenders(w0, w1, ref, record, num: int) -> None:
             record(solver, timed(lambda run=run, tol=tol: run(tol), ms), svds_tol=tol, err=err)
 
 
-def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict, with_linalg: bool) -> list[dict]:
+def passes(w0, w1, record, backends: list[str]) -> None:
+    """One fused pass of 16 columns per backend, beside reading W0 and W1 once."""
+    from rlsignals.ops.delta_products import delta_products
+
+    num, _, n = w1.shape
+    x = torch.linalg.qr(torch.randn(num, n, 16, device=w1.device)).Q
+    members = torch.arange(num)
+    read = time_call(lambda: (w0.sum(dtype=torch.float32), w1.sum(dtype=torch.float32)), RUN["device"], **REPS)
+    record("read", read, bytes=2 * w1.numel() * w1.element_size())
+    for backend in backends:
+        timing = time_call(lambda backend=backend: delta_products(w1, w0, x, members, backend), RUN["device"], **REPS)
+        record(f"pass/{backend}", timing, x_read=timing["median_ms"] / read["median_ms"])
+
+
+def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict, pass_backends: list[str]
+               ) -> list[dict]:
     w0, w1, w2 = stack(family, num, m, n, seed=zlib.crc32(f"{family} {m} {n}".encode()))
     t0 = time.perf_counter()
     ref, ref2 = reference(w1, w0), reference(w2, w0)
-    case = {"family": family, "m": m, "n": n, "B": num, "dtype": "bfloat16",
+    case = {"family": family, "m": m, "n": n, "B": num, "dtype": "bfloat16", "device": RUN["device"].type,
+            "realistic": family.split("-")[0] in REALISTIC,
             "ratio": min(r[0] / r[1] for r in ref), "top_share": min(r[4] for r in ref),
             "ref_seconds": time.perf_counter() - t0}
+    w0, w1, w2 = (t.to(RUN["device"]) for t in (w0, w1, w2))
     records = []
 
     def record(method: str, timing: dict, **extra) -> dict:
@@ -210,90 +249,117 @@ def bench_case(family: str, m: int, n: int, num: int, backend: str, linalg: dict
 
     for name, after, refs, init in (("delta_svd", w1, ref, None), ("delta_svd+warm", w2, ref2, "basis")):
         start = run_delta(w1).basis if init else None
+        sync()
         t0 = time.perf_counter()
         out = run_delta(after, start)
+        sync()
         timing = timed(lambda after=after, start=start: run_delta(after, start), (time.perf_counter() - t0) * 1e3)
+        out = type(out)(*(t.cpu() for t in out))
         errs = [abs(float(s) - r[0]) / r[0] for s, r in zip(out.S[:, 0], refs)]
+        est_vs = [float(e) / max(x, FLOOR) for e, x in zip(out.err_estimate, errs)]
         record(name, timing, iters=int(out.iters.max()), err=max(errs),
                sin_u=max(sin_angle(out.U[b, :, 0], refs[b][2]) for b in range(num)),
                sin_v=max(sin_angle(out.V[b, :, 0], refs[b][3]) for b in range(num)),
                err_estimate=float(out.err_estimate.max()), err_bound=float(out.err_bound.max()),
                certified=int(out.certified.sum()),
-               est_over_err=max(float(e) / max(x, 2.0 ** -30) for e, x in zip(out.err_estimate, errs)),
-               est_under_err=max(max(x, 2.0 ** -30) / float(e) for e, x in zip(out.err_estimate, errs)),
+               est_vs_err_max=max(est_vs), est_vs_err_min=min(est_vs),
                bound_honest=all(float(bd) >= x for bd, x in zip(out.err_bound, errs)))
     contenders(w0, w1, ref, record, num)
-    if with_linalg and (m, n) not in linalg:
+    if (m, n) not in linalg:
         dw = w1[0].float() - w0[0].float()
+        sync()
         t0 = time.perf_counter()
         s = torch.linalg.svd(dw, full_matrices=False).S
+        sync()
         linalg[(m, n)] = (time.perf_counter() - t0) * 1e3
         record("linalg_svd", {"median_ms": linalg[(m, n)] * num, "reps": 1},
                err=abs(float(s[0]) - ref[0][0]) / ref[0][0])
+    passes(w0, w1, record, pass_backends)
     return records
 
 
 def add_ratios(records: list[dict], linalg: dict) -> None:
     """Per case: delta_svd's speed-up over each contender and over the best one tuned to TARGET,
-    and over linalg.svd (measured on its shape, else extrapolated by m n min(m, n))."""
-    (m0, n0), ms0 = next(iter(linalg.items())) if linalg else ((0, 0), None)
+    and over linalg.svd (measured once per shape, on one matrix)."""
     for r in records:
-        if r["method"] != "delta_svd":
+        if not r["method"].startswith("delta_svd"):
             continue
         same = [q for q in records if (q["family"], q["m"], q["n"], q["B"]) == (r["family"], r["m"], r["n"], r["B"])]
         tuned = {q["method"]: q["median_ms"] for q in same
-                 if q["method"] not in ("delta_svd", "delta_svd+warm", "linalg_svd") and q["err"] <= TARGET}
+                 if not q["method"].startswith(("delta_svd", "linalg_svd", "pass/", "read")) and q["err"] <= TARGET}
         for name, ms in tuned.items():
             r[f"x_vs_{name}"] = ms / r["median_ms"]
         if tuned:
             r["best_contender"] = min(tuned, key=tuned.get)
             r["x_vs_best"] = tuned[r["best_contender"]] / r["median_ms"]
-        if ms0 is None:
+        if (r["m"], r["n"]) in linalg:
+            r["x_vs_linalg_svd"] = linalg[(r["m"], r["n"])] / r["median_ms"]
+
+
+def readme_rows(records: list[dict]) -> list[dict]:
+    """One row per delta_svd record: what, case, result, baseline (strings for the README)."""
+    rows = []
+    for r in records:
+        if not r["method"].startswith("delta_svd") or "x_vs_best" not in r:
             continue
-        measured = (r["m"], r["n"]) in linalg
-        ms = linalg[(r["m"], r["n"])] if measured else ms0 * (r["m"] * r["n"] * min(r["m"], r["n"])) / (
-            m0 * n0 * min(m0, n0))
-        r["x_vs_linalg_svd"] = ms / r["median_ms"]
-        r["linalg_svd_extrapolated"] = not measured
+        kind = "realistic" if r["realistic"] else "friendly"
+        case = (f"{r['family']} ({kind}: sigma1/sigma2 {r['ratio']:.2f}, top direction {100 * r['top_share']:.2g}% "
+                f"of energy), {r['m']}x{r['n']} bf16, B={r['B']}, {r['device']}")
+        result = (f"{r['median_ms']:.0f} ms/matrix, {r['iters']} passes, sigma1 err {r['err']:.1e}, "
+                  f"sin v1 {r['sin_v']:.1e}; {r['x_vs_best']:.1f}x the best contender")
+        if "x_vs_linalg_svd" in r:
+            result += f", {r['x_vs_linalg_svd']:.0f}x torch.linalg.svd"
+        warm = " (warm start from the previous checkpoint's basis)" if r["method"].endswith("warm") else ""
+        rows.append({"what": f"delta_svd top-1, tol 1e-4{warm}", "case": case, "result": result,
+                     "baseline": f"{r['best_contender']}: the fastest contender tuned to sigma1 err <= 1e-4 in the "
+                                 f"same run; and torch.linalg.svd fp32 (one matrix)"})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="one shape, B=2, seven families, single timings, no linalg.svd")
+    parser.add_argument("--quick", action="store_true", help="small mode (< 2 min on a quiet machine)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every method")
-    parser.add_argument("--stack", type=int, nargs="+", default=None, help="stack sizes B (default 2 8; quick: 2)")
+    parser.add_argument("--stack", type=int, nargs="+", default=None, help="stack sizes B (default: per mode)")
     parser.add_argument("--backend", default="auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    RUN.update(quick=args.quick, device=torch.device(args.device))
     if args.quick:
         REPS.update(min_seconds=0.0, min_reps=1, max_reps=1)
-        QUICK_TIMING["on"] = True
-    shapes = QUICK_SHAPES if args.quick else SHAPES
-    families = QUICK_FAMILIES if args.quick else FAMILIES
-    stacks = args.stack or ([2] if args.quick else [2, 8])
+    elif args.device == "cuda":
+        REPS.update(min_seconds=0.3)
+    shapes, stacks, families = MODES[args.device + ("-quick" if args.quick else "")]
+    stacks = args.stack or stacks
+    live = rlsignals.available_backends()
+    pass_backends = [b for b in (("cuda", "triton") if args.device == "cuda" else ("cpp",)) if live[b][0]]
+    warm_up = torch.randn(1, 64, 48, device=RUN["device"])
+    rlsignals.delta_svd(warm_up, torch.zeros_like(warm_up), 1, backend=args.backend)  # loads the extension
     records, linalg = [], {}
     for (m, n) in shapes:
         for num in stacks:
             for family in families:
-                print(f"{family} {m}x{n} bf16, B={num}", flush=True)
-                records += bench_case(family, m, n, num, args.backend, linalg, not args.quick)
+                print(f"{family} {m}x{n} bf16, B={num}, {args.device}", flush=True)
+                records += bench_case(family, m, n, num, args.backend, linalg, pass_backends)
                 save(records, args)  # partial results survive an interrupted run
     add_ratios(records, linalg)
-    print_table(records, [("family", "family", "s"), ("m", "m", "d"), ("n", "n", "d"), ("B", "B", "d"),
-                          ("ratio", "s1/s2", ".2f"), ("top_share", "share", ".4f"), ("method", "method", "s"),
-                          ("median_ms", "ms/matrix", ".1f"), ("iters", "passes", "d"), ("err", "s1 err", ".1e"),
-                          ("sin_v", "sin v", ".1e"), ("err_estimate", "estimate", ".1e"),
-                          ("err_bound", "bound", ".1e"), ("x_vs_best", "x best", ".1f"),
-                          ("x_vs_linalg_svd", "x linalg", ".0f")])
+    print_table([r for r in records if not r["method"].startswith(("pass/", "read"))],
+                [("family", "family", "s"), ("m", "m", "d"), ("n", "n", "d"), ("B", "B", "d"),
+                 ("ratio", "s1/s2", ".2f"), ("top_share", "share", ".4f"), ("method", "method", "s"),
+                 ("median_ms", "ms/matrix", ".1f"), ("iters", "passes", "d"), ("err", "s1 err", ".1e"),
+                 ("sin_v", "sin v", ".1e"), ("err_estimate", "estimate", ".1e"),
+                 ("err_bound", "bound", ".1e"), ("x_vs_best", "x best", ".1f"),
+                 ("x_vs_linalg_svd", "x linalg", ".0f")])
     print(f"wrote {save(records, args)}")
 
 
 def save(records: list[dict], args) -> object:
-    return write_results("delta_svd", torch.device("cpu"), records,
+    return write_results("delta_svd", RUN["device"], records,
                          {"target_sigma1_rel_err": TARGET, "quick": args.quick, "threads": args.threads,
-                          "load_average_1m": os.getloadavg()[0],
-                          "note": "shared 2-core VM, other jobs running: timings noisy"})
+                          "load_average_1m": os.getloadavg()[0], "readme_rows": readme_rows(records),
+                          "baseline": "contenders tuned to sigma1 rel. err <= 1e-4 in the same run; "
+                                      "torch.linalg.svd fp32 (one matrix per shape)"})
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ leaves the batch):
         Y, Z = dW P, dW^T (dW P)            fused product of the pending block P (ops/delta_products.py)
         append P, Y, Z to the block Krylov basis (ops/svd_krylov.py); Rayleigh-Ritz on it
         residuals r_i = ||G v_i - theta_i v_i|| of the top k Ritz pairs -> err_estimate
-        stop when err_estimate <= tol and max_i r_i <= tol * theta_1 (the residual test of
-            ARPACK/PROPACK: it also makes the vectors converge, sin(v_i, true) <~ r_i / gap),
-            or when max_i r_i <= STALL * theta_1 (fp32 can resolve no more), or when
-            err_estimate <= tol and an fp64 pass is predicted to certify (concentrated spectra)
+        stop when err_estimate <= tol and max_i r_i / delta_i <= tol (delta_i the gap from
+            theta_i to the nearest other Ritz value: the residual test of ARPACK/PROPACK
+            scaled by the gap, so that the vectors meet tol too, sin(v_i, true) <~ r_i / delta_i,
+            ops/svd_estimate.py), or when max_i r_i <= STALL * theta_1 (fp32 can resolve no
+            more), or when err_estimate <= tol and an fp64 pass is predicted to certify
+            (concentrated spectra)
         P <- the new directions of Z (full reorthogonalisation); restart from the top Ritz
             vectors when the basis would exceed MAX_BASIS_BLOCKS blocks
     then, per stopped member, the certificate (ops/svd_bound.py) from the fp32 data already
@@ -43,6 +45,10 @@ What the fields promise (all relative to sigma_1; for k = 1 the relative error o
   sqrt(gap), svd_krylov.py) is what makes the iteration fast, and it holds for every start
   with a non-negligible component along v_1: a Gaussian start has |cos(x, v_1)| < d / sqrt(n)
   with probability about d sqrt(2/pi) or less.
+- V, U: a member that stops on the estimate has max_i r_i / delta_i <= tol, the estimated
+  sine of the angle of each v_i to the true one (Davis-Kahan with the Ritz gap; u_i = dW v_i /
+  S_i is closer still, its bulk components scaled by sigma_j / sigma_1). Same caveats as
+  err_estimate; a member stopped by STALL or max_iters may not meet it.
 
 Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i >= 0.
 Signs: the entry of largest magnitude of each u_i (the first such) is positive; where S_i = 0,
@@ -68,9 +74,10 @@ from rlsignals.ops.svd_validation import check_delta_svd_args
 
 DEFAULT_MAX_ITERS = 64
 # Basis size: restart (keeping the top KEEP_BLOCKS blocks' worth of Ritz vectors) when one
-# more block would exceed MAX_BASIS_BLOCKS blocks. Realistic deltas converge before that.
-MAX_BASIS_BLOCKS = 12
-KEEP_BLOCKS = 4
+# more block would exceed MAX_BASIS_BLOCKS blocks. Realistic deltas (a spike at least 1.2 x
+# the bulk's edge) converge before that; a restart slows the Krylov rate for a few passes.
+MAX_BASIS_BLOCKS = 20
+KEEP_BLOCKS = 6
 # Columns of a narrow certifying pass: when the fp32 data predict that the first 8 Ritz
 # vectors alone certify, the fp64 pass (the dearest: fp64 lanes are half as wide) runs on
 # those 8 columns only.
@@ -150,8 +157,9 @@ def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 
         device; before=None means the top-k of ``after`` itself. Rows need not be
         contiguous (a copy is made when they are not).
     k: number of triplets, 1 <= k <= min(m, n).
-    tol: stop a member once err_estimate <= tol and its residuals ||G v_i - S_i^2 v_i|| are
-        <= tol * S_1^2 (module docstring); ``certified`` says whether err_bound met tol too.
+    tol: stop a member once err_estimate <= tol and the estimated angles of its V columns,
+        ||G v_i - S_i^2 v_i|| / delta_i, are <= tol (module docstring); ``certified`` says
+        whether err_bound met tol too.
     max_iters: passes per member at most (default 64), the certifying pass included.
     oversample: extra columns of each block (default: blocks of 16 for k <= 8).
     seed: seeds member b's random start with (seed, b).
@@ -323,7 +331,7 @@ def _certify(after, before, cert: _Certificate, out: _Outputs, k: int, tol: floa
     s_hat = s32.double() / frob2.sqrt()[:, None]
     rtr, vtr = resid.mT @ resid, vecs.mT @ resid
     bound = _bound_from(theta, rtr, vtr, margin, torch.full_like(frob2, f2), s_hat, k)
-    estimate, _ = ritz_estimates(theta, torch.linalg.vector_norm(resid[:, :, :k], dim=1), k)
+    estimate = ritz_estimates(theta, torch.linalg.vector_norm(resid[:, :, :k], dim=1), k).value
     left = y.double() @ coef[:, :, :k]
     basis = torch.cat([vecs, cert.rest[fin].double()], 2)
     out.store(cert.members[finite], tol, frob2, theta[:, :k], left, vecs[:, :, :k], bound, estimate, basis)
@@ -360,9 +368,9 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend, ro
         state.append(block, y, z, pass_rounding(m, n, block.shape[2], torch.float32))
         theta, coef = state.ritz()
         resid = state.residuals(coef[:, :, :k], theta[:, :k])
-        estimate, rel_resid = ritz_estimates(theta, resid, k)
+        estimate, vector, rel_resid = ritz_estimates(theta, resid, k)
         step = min(p, n - state.width)
-        done = ((estimate <= tol) & (rel_resid <= tol)) | (rel_resid <= STALL)
+        done = ((estimate <= tol) & (vector <= tol)) | (rel_resid <= STALL)
         check = (estimate <= tol) & ~done  # sigma converged: stop if the fp64 pass will certify it
         if bool(check.any()):
             _, _, predicted = _fp32_certificates(state.subset(check), theta[check], coef[check], k, p, m,
