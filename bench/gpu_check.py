@@ -93,10 +93,11 @@ def _pytest_gpu(out: Path) -> list[str]:
 STEPS = (
     Step("env", False, 30, _py(*PROBE_COMMAND), verdicts.assess_env),
     Step("install", False, 15, _py(*PIP_INSTALL), verdicts.assess_exit),
-    Step("build", False, 135, _py("-m", "rlsignals", "build"), verdicts.assess_build),
+    Step("build", False, 120, _py("-m", "rlsignals", "build"), verdicts.assess_build),
     Step("doctor", True, 10, _py("-m", "rlsignals", "doctor"), verdicts.assess_doctor),
     Step("tests", True, 120, _pytest_gpu, verdicts.assess_tests),
-    Step("bench-angle", True, 35, _py("bench/angle_stats.py", "--device", "cuda"), verdicts.assess_angle, True),
+    Step("bench-angle", True, 50, _py("bench/angle_stats.py", "--device", "cuda", "--max-tokens", "65536"),
+         verdicts.assess_angle, True),
     Step("bench-delta-svd", True, 80, _py("bench/delta_svd.py", "--device", "cuda"), verdicts.assess_delta_svd,
          True),
     Step("bench-score", True, 30, _py("bench/score_dataset.py", "--preset", "gpu", "--prompts", "500"),

@@ -298,5 +298,6 @@ def assess_rank1(run: Run) -> Outcome:
     if failure is not None:
         return failure
     ours = records[0]
-    return Outcome("passed", f"{ours['seconds_per_layer_per_checkpoint']:.2f} s per 7B layer per checkpoint, "
+    shape = f"{ours.get('model_shape', '')} layer ({ours.get('case', '')} update)"
+    return Outcome("passed", f"{ours['seconds_per_layer_per_checkpoint']:.2f} s per {shape} per checkpoint, "
                              f"{ours['speedup']:.0f}x the full SVD")
