@@ -1,18 +1,31 @@
-"""Benchmark prefill scoring of a dataset: rlsignals against the public
-reference procedure, and the hook's overhead against a plain forward.
+"""Benchmark prefill scoring of a dataset: the released procedure, whole-prompt
+forwards, and the shared prefix run once; plus a sweep of the batch size.
 
-  reference   the released scorer's procedure: one prompt per forward pass,
-              the whole model (every layer and the lm_head), the hooked input
-              kept (fp32) for every prompt until the end, then a full m x m
-              cosine matrix per prompt (sliced correctly)
-  rlsignals   score_batch over length-sorted batches: the forward stops at the
-              hook, angle_stats runs on the padded batch in place
-  forward     the same batches and the same early stop, hook doing nothing:
-              the cost of the layers alone (overhead = rlsignals / forward - 1)
+Methods (one run, same prompts, same model):
+  released        the released scorer's procedure: one prompt per forward pass,
+                  the whole model (every layer and the lm_head), the hooked input
+                  kept (fp32) for every prompt until the end, then a full m x m
+                  cosine matrix per prompt (sliced correctly)
+  full            score_batch over length-sorted batches of whole prompts
+                  (ScoreConfig(prefix_cache=False)): stops at the hook
+  full_forward    the same batches and early stop, the hook doing nothing
+  cached          score_prompts' default: the prefix runs once (its sums and
+                  key/value cache), batches run the question tokens only
+  cached_forward  the same question batches on the same cached prefix, the hook
+                  doing nothing (the bare forward the cached scorer is held to)
 
-Models have random weights (no hub here): --preset cpu is a small Llama
-(d = 512, 8 layers); --preset gpu is Qwen2-0.5B's architecture in bf16.
-Usage: python bench/score_dataset.py [--preset cpu|gpu] [--prompts N]
+Scores of `cached` (right and left padding) are checked against `full`
+(|difference| <= 1e-5 in fp32) and `released` against `full`. Models have
+random weights (no hub here); prompts are random tokens: a shared prefix (a
+few-shot block), questions of random length, a 6-token suffix. The prefix runs
+once per run, so `cached` includes it (its time is also reported alone): over
+a real dataset (thousands of prompts) it vanishes.
+
+  python bench/score_dataset.py --preset gainrl1000-d1024      # one preset
+  python bench/score_dataset.py --preset all-cpu               # every CPU preset
+  python bench/score_dataset.py --preset gpu                   # Qwen2-0.5B shape, bf16, CUDA
+  python bench/score_dataset.py --sweep batch_tokens           # widths 256..4096
+  python bench/score_dataset.py --quick [...]                  # tiny counts, < 1 min
 """
 
 from __future__ import annotations
@@ -20,20 +33,38 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from common import peak_memory_bytes, pin_glibc_mmap_threshold, print_table, write_results
+from common import peak_memory_bytes, pin_glibc_mmap_threshold, print_table, readme_row, write_results
 
 from rlsignals.signals.capture import StopForward, capture_input, resolve_module
-from rlsignals.signals.scoring import EncodedPrompt, ScoreConfig, plan_batches, score_batch
+from rlsignals.signals.prefix_cache import run_prefix
+from rlsignals.signals.scoring import EncodedPrompt, ScoreConfig, default_batch_tokens, plan_batches, score_batch
+
+SUFFIX = [5, 6, 7, 8, 9, 10]
+
+
+def llama(d: int, ff: int, layers: int, heads: int, kv: int, **rest) -> dict:
+    return dict(arch="llama", hidden_size=d, intermediate_size=ff, num_hidden_layers=layers, num_attention_heads=heads,
+                num_key_value_heads=kv, vocab_size=32000, **rest)
+
 
 PRESETS = {
-    "cpu": dict(arch="llama", hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                num_key_value_heads=4, vocab_size=32000, prompts=128, prefix=160, question=(16, 160)),
+    "cpu": llama(512, 1408, 8, 8, 4, prompts=64, prefix=160, question=(16, 160)),
+    "gainrl300-d512": llama(512, 1408, 8, 8, 4, prompts=64, prefix=300, question=(30, 150)),
+    "gainrl300-d1024": llama(1024, 2816, 8, 16, 4, prompts=64, prefix=300, question=(30, 150)),
+    "gainrl1000-d512": llama(512, 1408, 8, 8, 4, prompts=64, prefix=1000, question=(30, 150)),
+    "gainrl1000-d1024": llama(1024, 2816, 8, 16, 4, prompts=64, prefix=1000, question=(30, 150)),
+    "qwen2-gainrl300-d512": {**llama(512, 1408, 8, 8, 4, prompts=64, prefix=300, question=(30, 150)),
+                             "arch": "qwen2"},
     "gpu": dict(arch="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                num_key_value_heads=2, vocab_size=151936, prompts=1000, prefix=400, question=(16, 400)),
+                num_key_value_heads=2, vocab_size=151936, prompts=1000, prefix=1000, question=(30, 150)),
 }
+CPU_PRESETS = [name for name in PRESETS if name != "gpu"]
+SWEEP_WIDTHS = (256, 512, 1024, 2048, 4096)
+SWEEP_BATCH_TOKENS = (512, 1024, 2048, 4096, 8192, 16384)
 
 
 def make_model(preset: dict, device: torch.device) -> torch.nn.Module:
@@ -52,16 +83,15 @@ def make_model(preset: dict, device: torch.device) -> torch.nn.Module:
 def make_prompts(preset: dict, count: int) -> list[EncodedPrompt]:
     gen = torch.Generator().manual_seed(0)
     prefix = torch.randint(100, preset["vocab_size"], (preset["prefix"],), generator=gen).tolist()
-    suffix = [5, 6, 7]
     prompts = []
     for i in range(count):
         q = int(torch.randint(*preset["question"], (1,), generator=gen))
         question = torch.randint(100, preset["vocab_size"], (q,), generator=gen).tolist()
-        prompts.append(EncodedPrompt(i, prefix + question + suffix, len(prefix), len(prefix) + q, False))
+        prompts.append(EncodedPrompt(i, prefix + question + SUFFIX, len(prefix), len(prefix) + q, False))
     return prompts
 
 
-def reference_procedure(model, module, prompts, device) -> list[tuple[float, float]]:
+def released_procedure(model, module, prompts, device) -> list[tuple[float, float]]:
     kept = []
     with torch.inference_mode(), torch.autocast(device.type, enabled=False):
         for p in prompts:
@@ -79,26 +109,33 @@ def reference_procedure(model, module, prompts, device) -> list[tuple[float, flo
     return out
 
 
-def batched(model, module, prompts, config, with_stats: bool):
-    batches = plan_batches([len(p.ids) for p in prompts], config.batch_tokens, config.max_batch_size)
-    if with_stats:
-        return [row for b in batches for row in score_batch(model, module, [prompts[i] for i in b], config, 0)]
+def scored(model, module, prompts, config: ScoreConfig, cached: bool, bare: bool):
+    """Rows of every prompt (index order), or None when ``bare``: the hook then only
+    stops the forward. ``cached``: the prefix runs once (timed) and batches run the rest."""
+    offset = prompts[0].prefix_len if cached else 0
+    with torch.inference_mode():
+        prefix = run_prefix(model, module, prompts[0].ids[:offset], config.backend) if cached else None
+    batches = plan_batches([len(p.ids) - offset for p in prompts], config.batch_tokens, config.max_batch_size)
+    if not bare:
+        rows = [row for b in batches for row in score_batch(model, module, [prompts[i] for i in b], config, 0,
+                                                            prefix)]
+        return sorted(rows, key=lambda r: r["index"])
     device = next(model.parameters()).device
-
-    def stop(_hidden):
-        return None
-
-    with torch.inference_mode(), capture_input(module, stop):
+    with torch.inference_mode(), capture_input(module, lambda _hidden: None):
         for b in batches:
-            width = max(len(prompts[i].ids) for i in b)
+            width = max(len(prompts[i].ids) - offset for i in b)
             ids = torch.zeros(len(b), width, dtype=torch.long)
             mask = torch.zeros_like(ids)
             for row, i in enumerate(b):
-                ids[row, :len(prompts[i].ids)] = torch.tensor(prompts[i].ids)
-                mask[row, :len(prompts[i].ids)] = 1
+                ids[row, :len(prompts[i].ids) - offset] = torch.tensor(prompts[i].ids[offset:])
+                mask[row, :len(prompts[i].ids) - offset] = 1
+            cache = prefix.cache(model, len(b)) if prefix is not None else None
+            attention_mask = torch.cat([torch.ones(len(b), offset, dtype=torch.long), mask], 1) \
+                if cache is not None else mask
             try:
-                model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                      position_ids=(mask.cumsum(1) - 1).clamp_min(0).to(device), use_cache=False)
+                model(input_ids=ids.to(device), attention_mask=attention_mask.to(device),
+                      position_ids=(offset + (mask.cumsum(1) - 1).clamp_min(0)).to(device), past_key_values=cache,
+                      use_cache=cache is not None)
             except StopForward:
                 pass
     return None
@@ -114,52 +151,176 @@ def timed(fn, device):
     return result, time.perf_counter() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=list(PRESETS), default="gpu" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--prompts", type=int, default=None)
-    parser.add_argument("--batch-tokens", type=int, default=16384)
-    args = parser.parse_args()
-    preset = PRESETS[args.preset]
-    device = torch.device("cuda" if args.preset == "gpu" else "cpu")
+def max_diff(rows_a, rows_b) -> float:
+    return max(max(abs(a["intra"] - b["intra"]), abs(a["inter"] - b["inter"])) for a, b in zip(rows_a, rows_b))
+
+
+def padded_fraction(prompts, config: ScoreConfig, offset: int) -> float:
+    lengths = [len(p.ids) - offset for p in prompts]
+    batches = plan_batches(lengths, config.batch_tokens, config.max_batch_size)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return padded / sum(lengths) - 1
+
+
+def run_preset(name: str, args) -> tuple[list[dict], list[dict]]:
+    preset = PRESETS[name]
+    device = torch.device("cuda" if name == "gpu" else "cpu")
     model = make_model(preset, device)
     _, module = resolve_module(model, None)
-    prompts = make_prompts(preset, args.prompts or preset["prompts"])
-    config = ScoreConfig(batch_tokens=args.batch_tokens)
+    count = args.prompts or (8 if args.quick else preset["prompts"])
+    prompts = make_prompts(preset, count)
+    batch_tokens = args.batch_tokens or default_batch_tokens(device, preset["hidden_size"])
+    config = ScoreConfig(batch_tokens=batch_tokens)
+    left = ScoreConfig(batch_tokens=batch_tokens, padding_side="left")
     methods = {
-        "reference": lambda: reference_procedure(model, module, prompts, device),
-        "rlsignals": lambda: batched(model, module, prompts, config, True),
-        "forward": lambda: batched(model, module, prompts, config, False),
+        "released": lambda: released_procedure(model, module, prompts, device),
+        "full": lambda: scored(model, module, prompts, config, cached=False, bare=False),
+        "full_forward": lambda: scored(model, module, prompts, config, cached=False, bare=True),
+        "cached": lambda: scored(model, module, prompts, config, cached=True, bare=False),
+        "cached_forward": lambda: scored(model, module, prompts, config, cached=True, bare=True),
     }
-    batched(model, module, prompts[:8], config, True)  # warm-up
-    results, records = {}, []
-    for name, fn in methods.items():
-        print(f"timing {name} ...", file=sys.stderr, flush=True)
-        results[name], seconds = timed(fn, device)
-        records.append({"op": "score_dataset", "method": name, "preset": args.preset, "prompts": len(prompts),
-                        "tokens": sum(len(p.ids) for p in prompts), "seconds": seconds,
-                        "prompts_per_s": len(prompts) / seconds})
-    if device.type == "cpu":
-        pin_glibc_mmap_threshold()
-    for r in records:
-        print(f"peak memory {r['method']} ...", file=sys.stderr, flush=True)
-        r["peak_mb"] = peak_memory_bytes(methods[r["method"]], device) / 2**20
-    by_name = {r["method"]: r for r in records}
-    ours = {row["index"]: row for row in results["rlsignals"]}
-    diffs = [max(abs(ours[i]["intra"] - ref[0]), abs(ours[i]["inter"] - ref[1]))
-             for i, ref in enumerate(results["reference"])]
-    for r in records:
-        r["speedup_vs_reference"] = by_name["reference"]["seconds"] / r["seconds"]
-    ours = by_name["rlsignals"]
-    ours["hook_overhead_vs_forward"] = ours["seconds"] / by_name["forward"]["seconds"] - 1
-    by_name["rlsignals"]["max_abs_diff_vs_reference"] = max(diffs)
-    print_table(records, [("method", "method", "s"), ("prompts", "prompts", "d"), ("seconds", "seconds", ".2f"),
-                          ("prompts_per_s", "prompts/s", ".1f"), ("peak_mb", "peak MB", ".0f"),
-                          ("speedup_vs_reference", "vs reference", ".1f")])
-    print(f"hook + angle_stats overhead vs plain forward: {by_name['rlsignals']['hook_overhead_vs_forward']:+.1%}; "
-          f"max |score difference| vs reference: {max(diffs):.2e}")
-    path = write_results("score_dataset", device, records, {"preset": {k: v for k, v in preset.items()}})
-    print(f"wrote {path}")
+    scored(model, module, prompts[:4], config, cached=True, bare=False)  # warm-up
+    results, seconds = {}, {}
+    # scorer and its bare forward interleaved over repeats (the minimum of each), so load on
+    # a shared machine shifts both alike
+    for _ in range(args.repeats):
+        for method, fn in methods.items():
+            print(f"[{name}] timing {method} ...", file=sys.stderr, flush=True)
+            results[method], took = timed(fn, device)
+            seconds[method] = min(seconds.get(method, float("inf")), took)
+    cached_left = scored(model, module, prompts, left, cached=True, bare=False)
+    with torch.inference_mode():  # the one-off part of `cached`, reported on its own
+        _, prefix_seconds = timed(partial(run_prefix, model, module, prompts[0].ids[:preset["prefix"]]), device)
+    peaks = {}
+    if not args.quick:
+        if device.type == "cpu":
+            pin_glibc_mmap_threshold()  # after every timing (see common.py)
+        for method in ("full", "cached"):
+            print(f"[{name}] peak memory {method} ...", file=sys.stderr, flush=True)
+            peaks[method] = peak_memory_bytes(methods[method], device) / 2**20
+    full_rows = results["full"]
+    exact_diff = max(max_diff(results["cached"], full_rows), max_diff(cached_left, full_rows))
+    released_diff = max(max(abs(r["intra"] - ref[0]), abs(r["inter"] - ref[1]))
+                        for r, ref in zip(full_rows, results["released"]))
+    tokens = sum(len(p.ids) for p in prompts)
+    records = []
+    for method, took in seconds.items():
+        records.append({"op": "score_dataset", "preset": name, "method": method, "arch": preset["arch"],
+                        "d": preset["hidden_size"], "layers": preset["num_hidden_layers"], "prefix": preset["prefix"],
+                        "question": list(preset["question"]), "prompts": count, "tokens": tokens,
+                        "batch_tokens": batch_tokens, "dtype": str(next(model.parameters()).dtype),
+                        "seconds": took, "prompts_per_s": count / took,
+                        "speedup_vs_released": seconds["released"] / took, "peak_mb": peaks.get(method)})
+    by = {r["method"]: r for r in records}
+    by["full"]["overhead_vs_bare"] = seconds["full"] / seconds["full_forward"] - 1
+    by["cached"]["overhead_vs_bare"] = seconds["cached"] / seconds["cached_forward"] - 1
+    by["cached"]["max_abs_diff_vs_full"] = exact_diff
+    by["cached"]["prefix_seconds"] = prefix_seconds
+    by["cached"]["prompts_per_s_after_prefix"] = count / max(seconds["cached"] - prefix_seconds, 1e-9)
+    by["cached"]["padded_token_fraction"] = padded_fraction(prompts, config, preset["prefix"])
+    by["full"]["max_abs_diff_vs_released"] = released_diff
+    case = (f"{preset['arch']} d={preset['hidden_size']}, {preset['num_hidden_layers']} layers, "
+            f"prefix {preset['prefix']}, questions {preset['question'][0]}-{preset['question'][1]}, "
+            f"{count} prompts, {by['cached']['dtype'].replace('torch.', '')}, {device.type}")
+    rows = [
+        readme_row("score: prefix run once vs released batch-1 procedure", case,
+                   f"{by['cached']['prompts_per_s']:.2f} prompts/s ({by['cached']['speedup_vs_released']:.1f}x "
+                   f"released; the prefix's one run, {prefix_seconds:.2f} s, included)",
+                   f"released: {by['released']['prompts_per_s']:.2f} prompts/s"),
+        readme_row("score: prefix run once vs whole-prompt batches", case,
+                   f"{by['cached']['prompts_per_s']:.2f} prompts/s "
+                   f"({seconds['full'] / seconds['cached']:.1f}x full)",
+                   f"full (no prefix cache): {by['full']['prompts_per_s']:.2f} prompts/s"),
+        readme_row("score: overhead of hook + reduce over the bare forward", case,
+                   f"{by['cached']['overhead_vs_bare']:+.1%} (cached), {by['full']['overhead_vs_bare']:+.1%} (full)",
+                   f"bare forward with the cached prefix: {seconds['cached_forward']:.2f} s"),
+        readme_row("score: max |intra/inter - full forward|, left and right padding", case,
+                   f"{exact_diff:.1e}", "full forward scores"),
+    ]
+    return records, rows
+
+
+def run_sweep(args) -> tuple[list[dict], list[dict]]:
+    """For each width: the released procedure once, then the scorer (cached and full)
+    at every batch size. Fewer layers than the presets (the cost per layer decides)."""
+    records, cpu = [], torch.device("cpu")
+    widths = args.widths or ((256, 1024) if args.quick else SWEEP_WIDTHS)
+    budgets = (1024, 4096) if args.quick else SWEEP_BATCH_TOKENS
+    for d in widths:
+        preset = llama(d, int(2.75 * d) // 64 * 64, args.sweep_layers, max(d // 64, 1), max(d // 256, 1),
+                       prefix=300, question=(30, 150))
+        count = args.prompts or (4 if args.quick else max(8, 48 * 512 // max(d, 512)))
+        model = make_model(preset, cpu)
+        _, module = resolve_module(model, None)
+        prompts = make_prompts(preset, count)
+        scored(model, module, prompts[:2], ScoreConfig(batch_tokens=1024), cached=True, bare=False)  # warm-up
+        print(f"[sweep d={d}] released ...", file=sys.stderr, flush=True)
+        _, released = timed(partial(released_procedure, model, module, prompts, cpu), cpu)
+        for budget in budgets:
+            for cached in (True, False):
+                _, took = timed(partial(scored, model, module, prompts, ScoreConfig(batch_tokens=budget), cached,
+                                        bare=False), cpu)
+                records.append({"op": "score_dataset_sweep", "d": d, "layers": args.sweep_layers, "prompts": count,
+                                "batch_tokens": budget, "path": "cached" if cached else "full", "seconds": took,
+                                "released_seconds": released, "speedup_vs_released": released / took})
+                print(f"[sweep d={d}] batch_tokens={budget} cached={cached}: {took:.2f} s, "
+                      f"{released / took:.2f}x released ({released:.2f} s)", file=sys.stderr, flush=True)
+    rows = []
+    for path in ("cached", "full"):
+        for d in widths:
+            mine = [r for r in records if r["d"] == d and r["path"] == path]
+            best = max(mine, key=lambda r: r["speedup_vs_released"])
+            default = default_batch_tokens(cpu, d)
+            at_default = next((r for r in mine if r["batch_tokens"] == default), None)
+            rows.append(readme_row(f"score ({path}): batch_tokens sweep", f"llama d={d}, {args.sweep_layers} layers, "
+                                   f"prefix 300, questions 30-150, {mine[0]['prompts']} prompts, fp32, cpu",
+                                   f"best batch_tokens {best['batch_tokens']} ({best['speedup_vs_released']:.2f}x "
+                                   f"released); default {default}: "
+                                   + (f"{at_default['speedup_vs_released']:.2f}x" if at_default else "not swept"),
+                                   f"released: {mine[0]['released_seconds']:.2f} s"))
+    return records, rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=[*PRESETS, "all-cpu"], default=None,
+                        help="default: gpu when CUDA is available, else cpu")
+    parser.add_argument("--sweep", choices=["batch_tokens"], default=None)
+    parser.add_argument("--widths", type=int, nargs="+", default=None, help="sweep: hidden sizes")
+    parser.add_argument("--sweep-layers", type=int, default=2, help="sweep: decoder layers of each model")
+    parser.add_argument("--prompts", type=int, default=None)
+    parser.add_argument("--batch-tokens", type=int, default=None, help="default: the scorer's device default")
+    parser.add_argument("--repeats", type=int, default=1, help="timing rounds (the minimum is kept)")
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run in under a minute")
+    parser.add_argument("--no-write", action="store_true", help="print the table only (no JSON in bench/results)")
+    args = parser.parse_args()
+    if args.sweep:
+        records, rows = run_sweep(args)
+        print_table(records, [("d", "d", "d"), ("batch_tokens", "batch_tokens", "d"), ("path", "path", "s"),
+                              ("seconds", "seconds", ".2f"), ("released_seconds", "released s", ".2f"),
+                              ("speedup_vs_released", "vs released", ".2f")])
+        if not args.no_write:
+            print(f"wrote {write_results('score_dataset_sweep', torch.device('cpu'), records, {'readme_rows': rows})}")
+        return 0
+    names = CPU_PRESETS if args.preset == "all-cpu" else [args.preset or ("gpu" if torch.cuda.is_available()
+                                                                            else "cpu")]
+    if args.quick and args.preset is None:
+        names = ["gainrl300-d512"]
+    records, rows = [], []
+    for name in names:
+        got, got_rows = run_preset(name, args)
+        records += got
+        rows += got_rows
+    print_table(records, [("preset", "preset", "s"), ("method", "method", "s"), ("prompts", "prompts", "d"),
+                          ("seconds", "seconds", ".2f"), ("prompts_per_s", "prompts/s", ".2f"),
+                          ("speedup_vs_released", "vs released", ".1f"), ("overhead_vs_bare", "vs bare", "+.1%"),
+                          ("peak_mb", "peak MB", ".0f"),
+                          ("max_abs_diff_vs_full", "|diff| vs full", ".1e")])
+    device = torch.device("cuda" if names == ["gpu"] else "cpu")
+    tag = "score_dataset" if len(names) > 1 or args.preset is None else f"score_dataset_{names[0]}"
+    if not args.no_write:
+        path = write_results(tag, device, records, {"readme_rows": rows, "presets": {n: PRESETS[n] for n in names}})
+        print(f"wrote {path}")
     return 0
 
 

@@ -251,6 +251,7 @@ def _score(args: argparse.Namespace) -> int:
     system_prompt = Path(args.system_prompt_file).read_text() if args.system_prompt_file else args.system_prompt
     config = ScoreConfig(module=args.module, inter_weight=args.inter_weight, intra_weight=args.intra_weight,
                          batch_tokens=args.batch_tokens, max_batch_size=args.max_batch_size,
+                         prefix_cache=not args.no_prefix_cache,
                          max_length=args.max_length, on_long=args.on_long, prefix_tokens=args.prefix_tokens,
                          suffix_tokens=args.suffix_tokens, padding_side=args.padding_side,
                          exclude_diagonal=args.exclude_diagonal, backend=args.backend)
@@ -279,7 +280,11 @@ def _add_score_parser(sub, common: argparse.ArgumentParser) -> None:
     score.add_argument("--module", default=None, help="hooked module (default: last layer's mlp.up_proj input)")
     score.add_argument("--intra-weight", type=_finite_float, default=1.0)
     score.add_argument("--inter-weight", type=_finite_float, default=1.0, help="the released code used 8")
-    score.add_argument("--batch-tokens", type=_positive_int, default=16384, help="padded tokens per forward pass")
+    score.add_argument("--batch-tokens", type=_positive_int, default=None,
+                       help="padded tokens per forward pass (default: 16384 on a GPU; on the CPU about 4M / hidden "
+                       "size, measured by bench/score_dataset.py --sweep batch_tokens)")
+    score.add_argument("--no-prefix-cache", action="store_true",
+                       help="run every prompt whole (default: each shared prefix runs once, then the questions)")
     score.add_argument("--max-batch-size", type=_positive_int, default=64)
     score.add_argument("--max-length", type=_positive_int, default=None, help="default: the model's context")
     score.add_argument("--on-long", choices=["error", "truncate"], default="error")

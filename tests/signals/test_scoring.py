@@ -262,3 +262,13 @@ def test_model_sources_never_go_to_the_hub_unless_asked(tmp_path, saved_model):
     (tmp_path / "empty" / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match="holds no tokenizer"):
         resolve_model_source(tmp_path / "empty")
+
+
+def test_default_batch_tokens_by_device_and_width():
+    from rlsignals.signals.scoring import CUDA_BATCH_TOKENS, default_batch_tokens
+
+    cpu = torch.device("cpu")
+    assert [default_batch_tokens(cpu, d) for d in (64, 512, 1024, 4096, 1 << 20)] == [16384, 8192, 4096, 1024, 512]
+    assert default_batch_tokens(torch.device("cuda"), 1024) == CUDA_BATCH_TOKENS
+    with pytest.raises(ValueError, match="batch_tokens and max_batch_size must be >= 1"):
+        ScoreConfig(batch_tokens=0)

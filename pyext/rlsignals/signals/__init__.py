@@ -1,8 +1,10 @@
 """The prefill angle signal of a dataset (GAIN-RL) and the samplers it drives.
 
 - prompts.py: chat rendering and the exact shared-prefix / question split;
-- capture.py: the forward hook that captures a module's activation and stops;
-- scoring.py: ``score_dataset`` / ``score_prompts`` (angle_stats per prompt);
+- capture.py: the forward hooks that read a module's activation;
+- reduce.py: unit-row sums of token spans -> intra/inter (scorer and live signal alike);
+- prefix_cache.py: a shared prefix run once (its sums and key/value cache);
+- scoring.py: ``score_dataset`` / ``score_prompts`` (each question on the cached prefix);
 - samplers.py: ``GainRLSampler`` and ``UniformSampler``.
 """
 

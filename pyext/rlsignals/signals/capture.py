@@ -2,9 +2,11 @@
 
 The default is the point the GAIN-RL paper used: the input of the last decoder
 layer's MLP up-projection (``mlp.up_proj``), i.e. the output of that layer's
-post-attention norm. The hook hands the activations to a callback and then
-stops the forward pass, so no later layer and no lm_head runs and no
-activation is kept.
+post-attention norm. For the scorer (``capture_input``) the hook hands the
+activations to a callback and then stops the forward pass, so no later layer
+and no lm_head runs and no activation is kept; for the trainer's live signal
+(``collect_inputs``) it keeps a detached view of each input and lets the
+training forward run on.
 """
 
 from __future__ import annotations
@@ -62,6 +64,21 @@ def capture_input(module: nn.Module, callback: Callable[[torch.Tensor], None]) -
     def hook(_module: nn.Module, args: tuple) -> None:
         callback(args[0])
         raise StopForward
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def collect_inputs(module: nn.Module, into: list[torch.Tensor]) -> Iterator[None]:
+    """While active, every forward through ``module`` appends a detached view of its
+    input [B, L, d] to ``into`` and carries on (no copy, no early stop)."""
+
+    def hook(_module: nn.Module, args: tuple) -> None:
+        into.append(args[0].detach())
 
     handle = module.register_forward_pre_hook(hook)
     try:

@@ -10,12 +10,16 @@ the last decoder layer's mlp.up_proj) gives hidden states h; then
 
 (the paper: weights 1 and 1; the released code: 1 and 8). ``mode="released"``
 swaps intra/inter for the released scorer's quantities (``released_angle``:
-flawed, for comparison only). Prompts are sorted by
-length and batched under a token budget to keep padding small; the padded
-batch is scored in place by ``angle_stats_spans`` (padding and suffix rows are
-ignored), and the forward stops at the hook. Results stream to a partial file,
-so an interrupted run resumes where it stopped. Under torchrun each rank scores
-a shard and rank 0 merges.
+flawed, for comparison only).
+
+Cost: every prompt shares its prefix (system prompt, few-shot turns), so by
+default (``prefix_cache``) each distinct prefix runs once (``prefix_cache.py``:
+its unit-row sum S_P and key/value cache) and each question runs only its own
+tokens on top of that cache. Prompts are sorted by length and batched under a
+token budget to keep padding small; the forward stops at the hook and the
+padded batch is reduced in place (``reduce.py``: padding and suffix rows are
+ignored). Results stream to a partial file, so an interrupted run resumes
+where it stopped. Under torchrun each rank scores a shard and rank 0 merges.
 """
 
 from __future__ import annotations
@@ -36,11 +40,19 @@ from torch import nn
 from rlsignals.io.distributed import barrier, rank_and_world
 from rlsignals.io.errors import UserError
 from rlsignals.io.tables import check_table_path, read_jsonl_tolerant, write_table
-from rlsignals.ops.angle import angle_stats_spans
 from rlsignals.signals.capture import StopForward, capture_input, resolve_module
+from rlsignals.signals.prefix_cache import PrefixState, run_prefix
 from rlsignals.signals.prompts import PromptTemplate, TemplateBounds, load_few_shot, load_rows
+from rlsignals.signals.reduce import add_sums, angle_stats_from_sums, prefix_question_sums
 
 SCORE_MODES = ("exact", "released")
+# Default tokens per forward pass (bench/score_dataset.py --sweep batch_tokens). On the CPU a batch
+# is best kept to about 2^22 activation elements (tokens x d): larger batches lose to cache misses
+# in the MLP's element-wise ops (at d = 1024, 16384 tokens was 0.6x the speed of 4096), smaller
+# ones to per-op overhead at small d. On CUDA, large batches fill the device.
+CPU_BATCH_ELEMENTS = 1 << 22
+CPU_BATCH_TOKENS_RANGE = (512, 16384)
+CUDA_BATCH_TOKENS = 16384
 
 
 def released_angle(hidden: torch.Tensor, prefix_len: int, suffix_len: int) -> tuple[float, float]:
@@ -73,7 +85,7 @@ class ScoreConfig:
     module: str | None = None          # hooked module; default: last layer's mlp.up_proj
     intra_weight: float = 1.0
     inter_weight: float = 1.0          # the released code used 8
-    batch_tokens: int = 16384          # padded tokens per forward pass
+    batch_tokens: int | None = None    # padded tokens per forward pass; None: default_batch_tokens
     max_batch_size: int = 64
     max_length: int | None = None      # default: the model's max_position_embeddings
     on_long: str = "error"             # "error" or "truncate" (drops question tokens from the end)
@@ -83,6 +95,7 @@ class ScoreConfig:
     exclude_diagonal: bool = False
     backend: str = "auto"
     mode: str = "exact"                # "exact" or "released" (see released_angle; comparison only)
+    prefix_cache: bool = True          # run each shared prefix once, then only the questions (mode "exact")
 
     def __post_init__(self) -> None:
         if self.mode not in SCORE_MODES:
@@ -91,8 +104,9 @@ class ScoreConfig:
             raise ValueError(f"on_long must be 'error' or 'truncate', got {self.on_long!r}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        if self.batch_tokens < 1 or self.max_batch_size < 1:
-            raise ValueError("batch_tokens and max_batch_size must be >= 1")
+        if (self.batch_tokens is not None and self.batch_tokens < 1) or self.max_batch_size < 1:
+            raise ValueError(f"batch_tokens and max_batch_size must be >= 1, got {self.batch_tokens} and "
+                             f"{self.max_batch_size}")
 
 
 @dataclasses.dataclass
@@ -154,37 +168,65 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def default_batch_tokens(device: torch.device, hidden_size: int) -> int:
+    """Tokens per forward pass when ScoreConfig.batch_tokens is None: CUDA_BATCH_TOKENS on
+    CUDA; on the CPU CPU_BATCH_ELEMENTS / hidden_size, a power of two inside
+    CPU_BATCH_TOKENS_RANGE (d = 256: 16384, 1024: 4096, 4096: 1024)."""
+    if device.type == "cuda":
+        return CUDA_BATCH_TOKENS
+    low, high = CPU_BATCH_TOKENS_RANGE
+    tokens = 1 << max(CPU_BATCH_ELEMENTS // max(hidden_size, 1), 1).bit_length() - 1
+    return min(max(tokens, low), high)
+
+
 def score_batch(model: nn.Module, module: nn.Module, batch: Sequence[EncodedPrompt], config: ScoreConfig,
-                pad_id: int) -> list[dict[str, Any]]:
-    """One forward pass up to ``module``; the angle signal of each prompt of the batch."""
+                pad_id: int, prefix: PrefixState | None = None) -> list[dict[str, Any]]:
+    """One forward pass up to ``module``; the angle signal of each prompt of the batch.
+
+    Without ``prefix`` the whole prompts run. With it (every prompt of the batch
+    starts with ``prefix.ids`` and has prefix_len == prefix.length) only the
+    tokens after the prefix run, on top of its cache, at positions |P|, |P|+1, ...;
+    S_P comes from the prefix's sums. Layout per row: [pads | tokens] (left) or
+    [tokens | pads] (right), after the cached prefix columns.
+    """
     device = _model_device(model)
-    width = max(len(p.ids) for p in batch)
+    offset = prefix.length if prefix is not None else 0
+    if prefix is not None and config.mode == "released":
+        raise ValueError("mode 'released' reads every prompt's full hidden states: score it without a cached prefix")
+    if prefix is not None and any(p.prefix_len != offset or tuple(p.ids[:offset]) != prefix.ids for p in batch):
+        raise ValueError("every prompt of a batch scored with a cached prefix must start with exactly that prefix")
+    width = max(len(p.ids) - offset for p in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.long)
-    pads = [width - len(p.ids) if config.padding_side == "left" else 0 for p in batch]
+    pads = [width - len(p.ids) + offset if config.padding_side == "left" else 0 for p in batch]
     for row, (p, pad) in enumerate(zip(batch, pads)):
-        input_ids[row, pad:pad + len(p.ids)] = torch.tensor(p.ids)
-        mask[row, pad:pad + len(p.ids)] = 1
-    position_ids = (mask.cumsum(1) - 1).clamp_min(0)
-    base = torch.arange(len(batch)) * width + torch.tensor(pads)
-    starts = base
-    splits = base + torch.tensor([p.prefix_len for p in batch])
-    ends = base + torch.tensor([p.question_end for p in batch])
+        input_ids[row, pad:pad + len(p.ids) - offset] = torch.tensor(p.ids[offset:])
+        mask[row, pad:pad + len(p.ids) - offset] = 1
+    position_ids = offset + (mask.cumsum(1) - 1).clamp_min(0)
+    cache = prefix.cache(model, len(batch)) if prefix is not None else None
+    attention_mask = torch.cat([torch.ones(len(batch), offset, dtype=torch.long), mask], 1) if cache is not None \
+        else mask
+    starts = torch.arange(len(batch)) * width + torch.tensor(pads)
+    splits = starts + torch.tensor([p.prefix_len - offset for p in batch])
+    ends = starts + torch.tensor([p.question_end - offset for p in batch])
     captured: dict[str, torch.Tensor] = {}
 
     def on_hidden(hidden: torch.Tensor) -> None:
-        stats = angle_stats_spans(hidden.reshape(-1, hidden.shape[-1]), starts, splits, ends,
-                                  exclude_diagonal=config.exclude_diagonal, backend=config.backend)
-        captured["intra"], captured["inter"] = stats.intra.cpu(), stats.inter.cpu()
         if config.mode == "released":
             released = [released_angle(hidden[row, pad:pad + len(p.ids)], p.prefix_len, len(p.ids) - p.question_end)
                         for row, (p, pad) in enumerate(zip(batch, pads))]
             captured["intra"], captured["inter"] = (torch.tensor(v, dtype=torch.float64) for v in zip(*released))
+            return
+        prefix_sums, question_sums = prefix_question_sums(hidden, starts, splits, ends, config.backend)
+        if prefix is not None:
+            prefix_sums = add_sums(prefix_sums, prefix.sums)
+        stats = angle_stats_from_sums(prefix_sums, question_sums, exclude_diagonal=config.exclude_diagonal)
+        captured["intra"], captured["inter"] = stats.intra.cpu(), stats.inter.cpu()
 
     with torch.inference_mode(), capture_input(module, on_hidden):
         try:
-            model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                  position_ids=position_ids.to(device), use_cache=False)
+            model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                  position_ids=position_ids.to(device), past_key_values=cache, use_cache=cache is not None)
         except StopForward:
             pass
     if "intra" not in captured:
@@ -198,17 +240,39 @@ def score_batch(model: nn.Module, module: nn.Module, batch: Sequence[EncodedProm
     return rows
 
 
+def group_by_prefix(encoded: Sequence[EncodedPrompt]) -> dict[tuple[int, ...], list[int]]:
+    """Positions of the prompts grouped by their prefix tokens (usually one group;
+    a tokenizer that merges a template token with a question's first characters
+    gives that prompt a shorter prefix), largest group first."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for position, p in enumerate(encoded):
+        groups.setdefault(tuple(p.ids[:p.prefix_len]), []).append(position)
+    return dict(sorted(groups.items(), key=lambda item: -len(item[1])))
+
+
 def score_prompts(model: nn.Module, template: PromptTemplate, prompts: Sequence[str], config: ScoreConfig,
                   indices: Sequence[int] | None = None) -> Iterator[list[dict[str, Any]]]:
-    """Yield the score rows of each batch (in length order) for the given prompts."""
+    """Yield the score rows of each batch (in length order) for the given prompts.
+
+    With ``config.prefix_cache`` (and mode "exact") the prefix of each group of
+    prompts runs once (``prefix_cache.run_prefix``) and every batch runs only the
+    tokens after it; otherwise every batch runs whole prompts."""
     indices = list(range(len(prompts))) if indices is None else list(indices)
     _, module = resolve_module(model, config.module)
     max_length = config.max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None)
     encoded = encode_prompts(template, prompts, indices, config, max_length)
     pad_id = template.tokenizer.pad_token_id
     pad_id = pad_id if pad_id is not None else (template.tokenizer.eos_token_id or 0)
-    for positions in plan_batches([len(p.ids) for p in encoded], config.batch_tokens, config.max_batch_size):
-        yield score_batch(model, module, [encoded[i] for i in positions], config, pad_id)
+    hidden_size = getattr(getattr(model, "config", None), "hidden_size", None) or 1024  # 1024: an unknown width
+    batch_tokens = config.batch_tokens or default_batch_tokens(_model_device(model), hidden_size)
+    cached = config.prefix_cache and config.mode == "exact"
+    groups = group_by_prefix(encoded) if cached else {(): list(range(len(encoded)))}
+    for prefix_ids, members in groups.items():
+        with torch.inference_mode():
+            prefix = run_prefix(model, module, prefix_ids, config.backend) if prefix_ids else None
+        lengths = [len(encoded[i].ids) - len(prefix_ids) for i in members]
+        for positions in plan_batches(lengths, batch_tokens, config.max_batch_size):
+            yield score_batch(model, module, [encoded[members[i]] for i in positions], config, pad_id, prefix)
 
 
 def add_ranks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

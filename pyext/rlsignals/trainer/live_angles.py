@@ -6,19 +6,21 @@ default the input of the last decoder layer's ``mlp.up_proj``, the module
 ``rlsignals.signals.scoring`` hooks) keeps a detached view of its input. A causal
 model's hidden states of the prompt tokens do not depend on the completion, so
 the training forward over [prompt | completion] holds, for every prompt, the
-states a prefill of the prompt alone would give. ``compute`` packs, for one
-sample row per prompt, the rows [0, question_end) of its prompt (prefix P, then
-question Q; trailing template tokens left out) and calls the fused, packed
-``angle_stats``:
+states a prefill of the prompt alone would give. ``compute`` reads, for one
+sample row per prompt, the rows of its prefix P and question Q (trailing
+template tokens left out) and reduces them as the scorer does
+(``signals.reduce``: unit-row sums of spans, then)
 
     intra = || mean_{i in Q} u_i ||^2,   inter = < mean_{i in Q} u_i , mean_{j in P} u_j >,
     score = intra_weight * intra + inter_weight * inter,     u_i = h_i / ||h_i||
 
 which is what ``score_prompts`` gives on the same model and prompts (fp32
 rounding apart). Two layouts of the training forward are understood (see
-``loss.completion_logprobs``): one padded batch [N, L, d] (prompt tokens where
-the prompt mask is 1), or the shared prefix alone [1, S, d] followed by the
-right-padded rest [N, L', d].
+``loss.completion_logprobs``): one padded batch [N, L, d] (prompt tokens
+where the prompt mask is 1, gathered), or the shared prefix alone [1, S, d]
+followed by the right-padded rest [N, L', d]; in the second, a block of a
+prompt is read in two parts (rows of the shared head, rows of its own row)
+whose sums add, as the scorer adds a cached prefix's sums.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from rlsignals.ops.angle import angle_stats
-from rlsignals.signals.capture import resolve_module
+from rlsignals.signals.capture import collect_inputs, resolve_module
+from rlsignals.signals.reduce import add_sums, angle_stats_from_sums, prefix_question_sums
 from rlsignals.trainer.shared_prefix import shared_prefix_len
 
 ANGLE_SIGNALS = ("precomputed", "live")  # which angle the GAIN-RL update reads
@@ -55,15 +57,8 @@ class LiveAngles:
     def capture(self) -> Iterator[None]:
         """Keep the hooked module's inputs of the forwards run inside the block."""
         self._captured = []
-
-        def hook(_module: nn.Module, args: tuple) -> None:
-            self._captured.append(args[0].detach())
-
-        handle = self.module.register_forward_pre_hook(hook)
-        try:
+        with collect_inputs(self.module, self._captured):
             yield
-        finally:
-            handle.remove()
 
     @torch.no_grad()
     def compute(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: Sequence[int],
@@ -79,21 +74,25 @@ class LiveAngles:
             raise RuntimeError(f"the hooked module {self.module_name!r} ran {len(self._captured)} time(s) in the "
                                f"captured forward, expected {expected}")
         main = self._captured[-1]
-        pieces, prefix_lens, lengths = [], [], []
-        for n in rows:
-            prefix_len, question_end = self.split(prompts[n])
-            if shared:
-                head = self._captured[0][0, :min(shared, question_end)]
-                tail = main[n, :max(question_end - shared, 0)]
-                pieces += [head, tail]
-            else:
-                positions = prompt_mask[n].nonzero()[:question_end, 0].to(main.device)
-                pieces.append(main[n, positions])
-            prefix_lens.append(prefix_len)
-            lengths.append(question_end)
-        hidden = torch.cat(pieces).reshape(-1, main.shape[-1])
-        cu_seqlens = torch.tensor([0, *lengths]).cumsum(0)
-        stats = angle_stats(hidden, cu_seqlens, torch.tensor(prefix_lens), backend=self.backend)
+        bounds = [self.split(prompts[n]) for n in rows]
+        width = main.shape[1]
+        if shared:  # head rows [0, shared) in captured[0]; row n of main holds prompt tokens shared, shared+1, ...
+            head_p, head_q = prefix_question_sums(self._captured[0][0], [0] * len(bounds),
+                                                  [min(p, shared) for p, _ in bounds],
+                                                  [min(q, shared) for _, q in bounds], self.backend)
+            starts = [n * width for n in rows]
+            main_p, main_q = prefix_question_sums(main, starts,
+                                                  [s + max(p - shared, 0) for s, (p, _) in zip(starts, bounds)],
+                                                  [s + max(q - shared, 0) for s, (_, q) in zip(starts, bounds)],
+                                                  self.backend)
+            prefix, question = add_sums(head_p, main_p), add_sums(head_q, main_q)
+        else:  # prompt n's tokens sit where its mask is 1 (left pads, or [prefix | pads | rest]): gather them
+            packed = torch.cat([main[n, prompt_mask[n].nonzero()[:q, 0].to(main.device)]
+                                for n, (_, q) in zip(rows, bounds)])
+            starts = torch.tensor([0] + [q for _, q in bounds]).cumsum(0)[:-1].tolist()
+            prefix, question = prefix_question_sums(packed, starts, [s + p for s, (p, _) in zip(starts, bounds)],
+                                                    [s + q for s, (_, q) in zip(starts, bounds)], self.backend)
+        stats = angle_stats_from_sums(prefix, question)
         intra, inter = stats.intra.cpu().tolist(), stats.inter.cpu().tolist()
         self._captured = []
         return {"intra": intra, "inter": inter,
