@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	cd bench && for script in angle_stats delta_svd score_dataset checkpoint_rank1; do ../$(PY) $$script.py || exit 1; done
+	cd bench && for script in angle_stats delta_svd score_dataset checkpoint_rank1 train_step demo; do ../$(PY) $$script.py || exit 1; done
 
 doctor: $(STAMP)
 	$(PY) -m rlsignals doctor
