@@ -3,7 +3,8 @@
 // One pass over memory: each row is read from DRAM once, its squared norm is
 // taken with 512-bit FMAs, and the row (now in L1) is scaled and added to the
 // range's fp32 accumulator. bf16 is widened with a 16-bit shift, fp16 with
-// vcvtph2ps. Without AVX-512 (F + BW) a portable scalar loop is compiled.
+// vcvtph2ps. Without AVX-512 (F + BW) a portable loop with 16 independent
+// partial sums is compiled, which the compiler vectorizes (e.g. to AVX2).
 #include "unit_sums.h"
 
 #include <algorithm>
@@ -97,11 +98,25 @@ inline float accumulate_unit_row(const typename R::T* row, int64_t d, float eps,
     _mm512_mask_storeu_ps(acc + full, tail, sum);
   }
 #else
-  float sumsq = 0.0f;
-  for (int64_t c = 0; c < d; ++c) {
-    const float x = R::scalar(row + c);
-    sumsq += x * x;
+  // kLanes independent partial sums: no loop-carried dependency, so the compiler
+  // vectorizes both loops for whatever SIMD -march=native offers (AVX2, NEON).
+  constexpr int64_t kLanes = 16;
+  float partial[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= d; c += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const float x = R::scalar(row + c + l);
+      partial[l] += x * x;
+    }
   }
+  for (int64_t l = 0; c < d; ++c, ++l) {
+    const float x = R::scalar(row + c);
+    partial[l] += x * x;
+  }
+  for (int64_t width = kLanes / 2; width > 0; width /= 2) {
+    for (int64_t l = 0; l < width; ++l) partial[l] += partial[l + width];
+  }
+  const float sumsq = partial[0];
   if (std::isinf(sumsq)) return accumulate_scaled_row<R>(row, d, acc);
   const float inv = 1.0f / std::max(std::sqrt(sumsq), eps);
   for (int64_t c = 0; c < d; ++c) acc[c] += R::scalar(row + c) * inv;

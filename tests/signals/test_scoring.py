@@ -3,8 +3,10 @@ any batch size and padding side; prefix detection; resume; bad input."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import random
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from helpers.tiny_models import CHATML, LLAMA3, make_model, make_tokenizer
 
 from rlsignals.signals import PromptTemplate, ScoreConfig, TemplateBounds, score_dataset, score_prompts
 from rlsignals.signals.capture import capture_input, default_module_name, resolve_module
+from rlsignals.signals.scoring import plan_batches
 
 PROMPTS = ["what is two plus three", "compute the sum of seven and five", "multiply six by three",
            "how many apples are left if tom eats four of nine", "the", "twelve minus five equals seven",
@@ -272,3 +275,39 @@ def test_default_batch_tokens_by_device_and_width():
     assert default_batch_tokens(torch.device("cuda"), 1024) == CUDA_BATCH_TOKENS
     with pytest.raises(ValueError, match="batch_tokens and max_batch_size must be >= 1"):
         ScoreConfig(batch_tokens=0)
+
+
+def _plan_cost(lengths, batches, batch_cost):
+    return sum(len(b) * max(lengths[i] for i in b) + batch_cost for b in batches)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_plan_batches_is_the_cheapest_contiguous_plan_within_the_limits(seed):
+    """Against every way of cutting the sorted prompts into contiguous batches (brute force)."""
+    rng = random.Random(seed)
+    lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 9))]
+    batch_tokens, max_size, batch_cost = rng.randint(20, 120), rng.randint(1, 5), rng.choice([0, 8, 64])
+    batches = plan_batches(lengths, batch_tokens, max_size, batch_cost)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) <= max_size and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= batch_tokens)
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = math.inf
+    for cuts in itertools.product([False, True], repeat=len(order) - 1):
+        plan, start = [], 0
+        for j, cut in enumerate(cuts, 1):
+            if cut:
+                plan.append(order[start:j])
+                start = j
+        plan.append(order[start:])
+        if all(len(b) <= max_size and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= batch_tokens)
+               for b in plan):
+            best = min(best, _plan_cost(lengths, plan, batch_cost))
+    assert _plan_cost(lengths, batches, batch_cost) == best
+
+
+def test_plan_batches_splits_a_wide_spread_of_lengths_instead_of_padding_it():
+    lengths = list(range(30, 156, 5))  # 26 questions of 30..155 tokens: one batch would pad them by ~70%
+    batches = plan_batches(lengths, 4096, 64)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    assert 1 < len(batches) and padded <= 1.15 * sum(lengths)
