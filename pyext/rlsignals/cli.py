@@ -281,7 +281,7 @@ def _add_score_parser(sub, common: argparse.ArgumentParser) -> None:
     score.add_argument("--intra-weight", type=_finite_float, default=1.0)
     score.add_argument("--inter-weight", type=_finite_float, default=1.0, help="the released code used 8")
     score.add_argument("--batch-tokens", type=_positive_int, default=None,
-                       help="padded tokens per forward pass (default: 16384 on a GPU; on the CPU about 4M / hidden "
+                       help="padded tokens per forward pass (default: 16384 on a GPU; on the CPU about 2M / hidden "
                        "size, measured by bench/score_dataset.py --sweep batch_tokens)")
     score.add_argument("--no-prefix-cache", action="store_true",
                        help="run every prompt whole (default: each shared prefix runs once, then the questions)")

@@ -271,7 +271,7 @@ def test_default_batch_tokens_by_device_and_width():
     from rlsignals.signals.scoring import CUDA_BATCH_TOKENS, default_batch_tokens
 
     cpu = torch.device("cpu")
-    assert [default_batch_tokens(cpu, d) for d in (64, 512, 1024, 4096, 1 << 20)] == [16384, 8192, 4096, 1024, 512]
+    assert [default_batch_tokens(cpu, d) for d in (64, 512, 1024, 4096, 1 << 20)] == [16384, 4096, 2048, 1024, 1024]
     assert default_batch_tokens(torch.device("cuda"), 1024) == CUDA_BATCH_TOKENS
     with pytest.raises(ValueError, match="batch_tokens and max_batch_size must be >= 1"):
         ScoreConfig(batch_tokens=0)

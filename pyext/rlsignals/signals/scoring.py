@@ -46,12 +46,14 @@ from rlsignals.signals.prompts import PromptTemplate, TemplateBounds, load_few_s
 from rlsignals.signals.reduce import add_sums, angle_stats_from_sums, prefix_question_sums
 
 SCORE_MODES = ("exact", "released")
-# Default tokens per forward pass (bench/score_dataset.py --sweep batch_tokens). On the CPU a batch
-# is best kept to about 2^22 activation elements (tokens x d): larger batches lose to cache misses
-# in the MLP's element-wise ops (at d = 1024, 16384 tokens was 0.6x the speed of 4096), smaller
-# ones to per-op overhead at small d. On CUDA, large batches fill the device.
-CPU_BATCH_ELEMENTS = 1 << 22
-CPU_BATCH_TOKENS_RANGE = (512, 16384)
+# Default tokens per forward pass (bench/score_dataset.py --sweep batch_tokens, results in
+# bench/results/score_dataset_sweep-cpu.json). On the CPU a batch is best kept to about 2^21
+# activation elements (tokens x d), within [1024, 16384] tokens: larger batches lose to cache
+# misses in the MLP's element-wise ops (d = 512, cached prefix: 8192 tokens ran 2.4x slower than
+# 4096), and this rule's pick was within about 10% of the sweep's best at d = 256 ... 4096.
+# On CUDA, large batches fill the device (not yet measured on one).
+CPU_BATCH_ELEMENTS = 1 << 21
+CPU_BATCH_TOKENS_RANGE = (1024, 16384)
 CUDA_BATCH_TOKENS = 16384
 # Fixed cost of one forward pass in tokens, for plan_batches' trade-off between padding and
 # more, smaller batches (on the CPU a pass of a few hundred tokens runs at nearly full speed).
@@ -191,7 +193,7 @@ def _model_device(model: nn.Module) -> torch.device:
 def default_batch_tokens(device: torch.device, hidden_size: int) -> int:
     """Tokens per forward pass when ScoreConfig.batch_tokens is None: CUDA_BATCH_TOKENS on
     CUDA; on the CPU CPU_BATCH_ELEMENTS / hidden_size, a power of two inside
-    CPU_BATCH_TOKENS_RANGE (d = 256: 16384, 1024: 4096, 4096: 1024)."""
+    CPU_BATCH_TOKENS_RANGE (d = 256: 8192, 1024: 2048, 4096: 1024)."""
     if device.type == "cuda":
         return CUDA_BATCH_TOKENS
     low, high = CPU_BATCH_TOKENS_RANGE
