@@ -1,9 +1,12 @@
-"""bench/readme_table.py: the README's benchmark table built from results JSON (synthetic files only)."""
+"""bench/readme_table.py: the README's benchmark table built from results JSON (synthetic files), and
+the README's table matching the committed results."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +118,11 @@ def test_unreadable_json_is_an_error(table_mod, results, capsys):
     (results / "train_step-cpu.json").write_text("{not json")
     assert table_mod.main(["--results", str(results)]) == 2
     assert "train_step-cpu.json" in capsys.readouterr().err
+
+
+def test_the_readme_table_is_the_one_the_committed_results_give():
+    """README.md quotes bench/results/*.json as they are: rerun
+    `python bench/readme_table.py --write README.md` after a benchmark."""
+    readme = SCRIPT.parents[1] / "README.md"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--check", str(readme)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
