@@ -41,7 +41,14 @@ from common import peak_memory_bytes, pin_glibc_mmap_threshold, print_table, rea
 
 from rlsignals.signals.capture import StopForward, capture_input, resolve_module
 from rlsignals.signals.prefix_cache import run_prefix
-from rlsignals.signals.scoring import EncodedPrompt, ScoreConfig, default_batch_tokens, plan_batches, score_batch
+from rlsignals.signals.scoring import (
+    EncodedPrompt,
+    ScoreConfig,
+    batch_inputs,
+    default_batch_tokens,
+    plan_batches,
+    score_batch,
+)
 
 SUFFIX = [5, 6, 7, 8, 9, 10]
 
@@ -120,22 +127,11 @@ def scored(model, module, prompts, config: ScoreConfig, cached: bool, bare: bool
         rows = [row for b in batches for row in score_batch(model, module, [prompts[i] for i in b], config, 0,
                                                             prefix)]
         return sorted(rows, key=lambda r: r["index"])
-    device = next(model.parameters()).device
     with torch.inference_mode(), capture_input(module, lambda _hidden: None):
         for b in batches:
-            width = max(len(prompts[i].ids) - offset for i in b)
-            ids = torch.zeros(len(b), width, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(b):
-                ids[row, :len(prompts[i].ids) - offset] = torch.tensor(prompts[i].ids[offset:])
-                mask[row, :len(prompts[i].ids) - offset] = 1
-            cache = prefix.cache(model, len(b)) if prefix is not None else None
-            attention_mask = torch.cat([torch.ones(len(b), offset, dtype=torch.long), mask], 1) \
-                if cache is not None else mask
+            inputs, _, _ = batch_inputs(model, [prompts[i] for i in b], prefix, config.padding_side, 0)
             try:
-                model(input_ids=ids.to(device), attention_mask=attention_mask.to(device),
-                      position_ids=(offset + (mask.cumsum(1) - 1).clamp_min(0)).to(device), past_key_values=cache,
-                      use_cache=cache is not None)
+                model(**inputs)
             except StopForward:
                 pass
     return None

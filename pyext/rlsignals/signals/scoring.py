@@ -201,26 +201,21 @@ def default_batch_tokens(device: torch.device, hidden_size: int) -> int:
     return min(max(tokens, low), high)
 
 
-def score_batch(model: nn.Module, module: nn.Module, batch: Sequence[EncodedPrompt], config: ScoreConfig,
-                pad_id: int, prefix: PrefixState | None = None) -> list[dict[str, Any]]:
-    """One forward pass up to ``module``; the angle signal of each prompt of the batch.
+def batch_inputs(model: nn.Module, batch: Sequence[EncodedPrompt], prefix: PrefixState | None, padding_side: str,
+                 pad_id: int) -> tuple[dict[str, Any], list[int], int]:
+    """The model's keyword arguments for one forward of ``batch`` (on the model's device),
+    each row's padding in front of its tokens, and the row width.
 
-    Without ``prefix`` the whole prompts run. With it (every prompt of the batch
-    starts with ``prefix.ids`` and has prefix_len == prefix.length) only the
-    tokens after the prefix run, on top of its cache, at positions |P|, |P|+1, ...;
-    S_P comes from the prefix's sums. Layout per row: [pads | tokens] (left) or
-    [tokens | pads] (right), after the cached prefix columns.
+    Without ``prefix`` the whole prompts run; with it only the tokens after the prefix,
+    at positions |P|, |P|+1, ..., on its cache (whose columns the attention mask keeps).
+    Layout per row: [pads | tokens] (left) or [tokens | pads] (right).
     """
     device = _model_device(model)
     offset = prefix.length if prefix is not None else 0
-    if prefix is not None and config.mode == "released":
-        raise ValueError("mode 'released' reads every prompt's full hidden states: score it without a cached prefix")
-    if prefix is not None and any(p.prefix_len != offset or tuple(p.ids[:offset]) != prefix.ids for p in batch):
-        raise ValueError("every prompt of a batch scored with a cached prefix must start with exactly that prefix")
     width = max(len(p.ids) - offset for p in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.long)
-    pads = [width - len(p.ids) + offset if config.padding_side == "left" else 0 for p in batch]
+    pads = [width - len(p.ids) + offset if padding_side == "left" else 0 for p in batch]
     for row, (p, pad) in enumerate(zip(batch, pads)):
         input_ids[row, pad:pad + len(p.ids) - offset] = torch.tensor(p.ids[offset:])
         mask[row, pad:pad + len(p.ids) - offset] = 1
@@ -228,6 +223,26 @@ def score_batch(model: nn.Module, module: nn.Module, batch: Sequence[EncodedProm
     cache = prefix.cache(model, len(batch)) if prefix is not None else None
     attention_mask = torch.cat([torch.ones(len(batch), offset, dtype=torch.long), mask], 1) if cache is not None \
         else mask
+    inputs = {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device),
+              "position_ids": position_ids.to(device), "past_key_values": cache, "use_cache": cache is not None}
+    return inputs, pads, width
+
+
+def score_batch(model: nn.Module, module: nn.Module, batch: Sequence[EncodedPrompt], config: ScoreConfig,
+                pad_id: int, prefix: PrefixState | None = None) -> list[dict[str, Any]]:
+    """One forward pass up to ``module``; the angle signal of each prompt of the batch.
+
+    Without ``prefix`` the whole prompts run. With it (every prompt of the batch
+    starts with ``prefix.ids`` and has prefix_len == prefix.length) only the
+    tokens after the prefix run, on top of its cache, at positions |P|, |P|+1, ...;
+    S_P comes from the prefix's sums (inputs: ``batch_inputs``).
+    """
+    offset = prefix.length if prefix is not None else 0
+    if prefix is not None and config.mode == "released":
+        raise ValueError("mode 'released' reads every prompt's full hidden states: score it without a cached prefix")
+    if prefix is not None and any(p.prefix_len != offset or tuple(p.ids[:offset]) != prefix.ids for p in batch):
+        raise ValueError("every prompt of a batch scored with a cached prefix must start with exactly that prefix")
+    inputs, pads, width = batch_inputs(model, batch, prefix, config.padding_side, pad_id)
     starts = torch.arange(len(batch)) * width + torch.tensor(pads)
     splits = starts + torch.tensor([p.prefix_len - offset for p in batch])
     ends = starts + torch.tensor([p.question_end - offset for p in batch])
@@ -247,8 +262,7 @@ def score_batch(model: nn.Module, module: nn.Module, batch: Sequence[EncodedProm
 
     with torch.inference_mode(), capture_input(module, on_hidden):
         try:
-            model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                  position_ids=position_ids.to(device), past_key_values=cache, use_cache=cache is not None)
+            model(**inputs)
         except StopForward:
             pass
     if "intra" not in captured:
