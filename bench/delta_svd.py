@@ -322,6 +322,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every method")
     parser.add_argument("--stack", type=int, nargs="+", default=None, help="stack sizes B (default: per mode)")
+    parser.add_argument("--shapes", nargs="+", default=None, metavar="MxN",
+                        help="shapes, e.g. 4096x4096 11008x4096 (default: per mode)")
+    parser.add_argument("--families", nargs="+", default=None, help="families (default: per mode)")
     parser.add_argument("--backend", default="auto")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -332,6 +335,9 @@ def main() -> None:
         REPS.update(min_seconds=0.3)
     shapes, stacks, families = MODES[args.device + ("-quick" if args.quick else "")]
     stacks = args.stack or stacks
+    families = args.families or families
+    if args.shapes:
+        shapes = [tuple(int(v) for v in text.lower().split("x")) for text in args.shapes]
     live = rlsignals.available_backends()
     pass_backends = [b for b in (("cuda", "triton") if args.device == "cuda" else ("cpp",)) if live[b][0]]
     warm_up = torch.randn(1, 64, 48, device=RUN["device"])

@@ -1,6 +1,6 @@
 // Widening the stored element types to fp32 on the CPU: scalar (portable bit
-// manipulation) and, with AVX-512 F + BW, 16 lanes at a time. Shared by the
-// CPU kernels; plain C++, no torch headers.
+// manipulation), with AVX-512 F + BW 16 lanes at a time, and with AVX2 + FMA +
+// F16C 8 lanes at a time. Shared by the CPU kernels; plain C++, no torch headers.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -9,6 +9,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define RLSIGNALS_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define RLSIGNALS_AVX2 1
 #endif
 
 namespace rlsignals::cpu {
@@ -46,6 +49,12 @@ inline __m512 widen_bf16(__m256i raw) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
 }
 inline __m512 widen_fp16(__m256i raw) { return _mm512_cvtph_ps(raw); }
+#elif defined(RLSIGNALS_AVX2)
+// 8 bf16 / fp16 values (raw 16-bit lanes) -> 8 floats.
+inline __m256 widen_bf16(__m128i raw) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+inline __m256 widen_fp16(__m128i raw) { return _mm256_cvtph_ps(raw); }
 #endif
 
 }  // namespace rlsignals::cpu

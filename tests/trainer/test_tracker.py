@@ -155,7 +155,7 @@ dist.destroy_process_group()
 
 def planted_model() -> torch.nn.Module:
     """Weights [33, 48] and [40, 33]: 33 rows shard unevenly (17 + 16) over 2 ranks, 40 evenly;
-    n > 16 columns, so delta_svd iterates (its block does not span the whole row space)."""
+    n > 4 columns (the block), so delta_svd iterates (its block does not span the whole row space)."""
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(48, 33, bias=False), torch.nn.Linear(33, 40, bias=False))
 

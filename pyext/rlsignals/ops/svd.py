@@ -16,11 +16,11 @@ leaves the batch):
             more), or when err_estimate <= tol and an fp64 pass is predicted to certify
             (concentrated spectra)
         P <- the new directions of Z (full reorthogonalisation); restart from the top Ritz
-            vectors when the basis would exceed MAX_BASIS_BLOCKS blocks
+            vectors when the basis would exceed MAX_BASIS_COLUMNS columns
     then, per stopped member, the certificate (ops/svd_bound.py) from the fp32 data already
     at hand; only when that does not meet tol but its fp64 prediction does, or the estimate
     has stalled above tol (and a pass is left), one more pass in fp64 on G V (V the top
-    NARROW_CERTIFICATE or p Ritz vectors: one more block power step) certifies and refines.
+    8 or 16 Ritz vectors: one more block power step) certifies and refines.
 
 The small-matrix algebra runs in fp64 on Z / ||dW||_F^2 (each member scaled by its own
 frob2), so no factorisation over- or underflows whatever the scale of dW.
@@ -73,15 +73,16 @@ from rlsignals.ops.svd_rows import Rows
 from rlsignals.ops.svd_validation import check_delta_svd_args
 
 DEFAULT_MAX_ITERS = 64
-# Basis size: restart (keeping the top KEEP_BLOCKS blocks' worth of Ritz vectors) when one
-# more block would exceed MAX_BASIS_BLOCKS blocks. Realistic deltas (a spike at least 1.2 x
-# the bulk's edge) converge before that; a restart slows the Krylov rate for a few passes.
-MAX_BASIS_BLOCKS = 20
-KEEP_BLOCKS = 6
-# Columns of a narrow certifying pass: when the fp32 data predict that the first 8 Ritz
-# vectors alone certify, the fp64 pass (the dearest: fp64 lanes are half as wide) runs on
-# those 8 columns only.
-NARROW_CERTIFICATE = 8
+# Basis size: restart (keeping the top KEEP_COLUMNS Ritz vectors, whole blocks) when one more
+# block would exceed MAX_BASIS_COLUMNS columns. Realistic deltas (a spike at least 1.2 x the
+# bulk's edge) converge long before that; a restart slows the Krylov rate for a few passes.
+MAX_BASIS_COLUMNS = 160
+KEEP_COLUMNS = 48
+# The certificate: the fp32 bound on the top CERTIFICATE_RITZ Ritz vectors; when it does not
+# meet tol, the fp64 pass (the dearest: fp64 lanes are half as wide) runs on the narrowest of
+# CERTIFICATE_WIDTHS top Ritz vectors predicted to certify (whatever the block size p).
+CERTIFICATE_RITZ = 32
+CERTIFICATE_WIDTHS = (8, 16)
 # Residuals below 2^-16 theta_1 are about the resolution of fp32-accumulated products of a
 # dW with tiny singular values next to large ones (sqrt of G's rounding): more fp32 passes
 # cannot lower the estimate there, the fp64 pass can.
@@ -123,12 +124,15 @@ class DeltaSVD(NamedTuple):
 
 
 def default_block_size(k: int, n: int, oversample: int | None) -> int:
-    """p = k + oversample, capped at n; by default a multiple of 16 with >= 8 extra columns.
+    """p = k + oversample, capped at n; by default 4 for k = 1, else a multiple of 8 with
+    >= 4 extra columns.
 
-    16 columns cost the same per pass as fewer on the CPU kernel (one 16-lane register per
-    row of X), and each pass adds p directions to the Krylov basis.
+    On the CPU (AVX2, 4096 x 4096 bf16) a pass of 1, 4, 8 and 16 columns takes about 6.7,
+    8.3, 10.7 and 22 ms: up to 4 columns run with the lanes along the rows, from 5 on one
+    register holds 8 columns. On the bench's spiked spectra (bench/delta_svd.py) 4 columns
+    need the same passes as 8 or 16 for k = 1, and 1 or 2 columns up to 3 passes more.
     """
-    p = 16 * math.ceil((k + 8) / 16) if oversample is None else k + oversample
+    p = (4 if k == 1 else 8 * math.ceil((k + 4) / 8)) if oversample is None else k + oversample
     return min(p, n)
 
 
@@ -161,7 +165,8 @@ def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 
         ||G v_i - S_i^2 v_i|| / delta_i, are <= tol (module docstring); ``certified`` says
         whether err_bound met tol too.
     max_iters: passes per member at most (default 64), the certifying pass included.
-    oversample: extra columns of each block (default: blocks of 16 for k <= 8).
+    oversample: extra columns of each block (default: blocks of 4 for k = 1, 8 for k <= 4, 16 for
+        k <= 12, ...).
     seed: seeds member b's random start with (seed, b).
     init: [B, n, c] (or [n, c]) warm start, best the ``basis`` of a previous checkpoint's
         result (or its V); the first min(c, p) columns start the block, random columns
@@ -244,7 +249,7 @@ class _Certificate(NamedTuple):
 
     members: torch.Tensor     # int64 [b] (CPU)
     vecs: torch.Tensor        # fp64 [b, n, w] orthonormal basis of G (top w Ritz vectors)
-    rest: torch.Tensor        # fp32 [b, n, p - w] the next Ritz vectors (kept in basis)
+    rest: torch.Tensor        # fp32 [b, n, max(p - w, 0)] the next Ritz vectors (kept in basis)
 
 
 def _bound_from(theta, rtr, vtr, margin, frob2, s_hat, k):
@@ -252,13 +257,18 @@ def _bound_from(theta, rtr, vtr, margin, frob2, s_hat, k):
     return relative_error_bound(s_hat, lo, hi)
 
 
-def _fp32_certificates(state: Krylov, theta, coef, k: int, p: int, m: int, *, certified: bool = True):
-    """From the fp32 data at hand: the top Ritz vectors V (fp64 [b, n, w], w = min(K, 2p)), the
-    certified bound on them (None unless ``certified``), and {width: the bound an fp64 pass on
-    the first ``width`` of them is predicted to give} (the typical fp32 rounding taken off the
-    residuals and frob2, as ops/svd_bound.py describes for a negative margin)."""
+def _fp32_certificates(state: Krylov, theta, coef, k: int, p: int, m: int, *, certified: bool = True,
+                       wide: bool = True):
+    """From the fp32 data at hand: the top Ritz vectors V (fp64 [b, n, w], w = min(K,
+    max(CERTIFICATE_RITZ, p)), or min(K, p) unless ``wide``), the certified bound on them
+    (None unless ``certified``), and {width: the bound an fp64 pass on the first ``width`` of
+    them is predicted to give} (the typical fp32 rounding taken off the residuals and frob2,
+    as ops/svd_bound.py describes for a negative margin)."""
     n = state.q.shape[1]
-    w = min(state.width, 2 * p) if certified else min(state.width, p)
+    if certified:
+        w = min(state.width, max(CERTIFICATE_RITZ, p) if wide else p)
+    else:
+        w = min(state.width, max(CERTIFICATE_WIDTHS))
     vecs, rtr, vtr, margin = ritz_block(state, coef[:, :, :w], theta[:, :w])
     frob2 = 1 + (n + m + 4) * 1.01 * _U32                      # >= ||dW||_F^2 / scale (fp32 pass)
     s32 = torch.sqrt(theta[:, :k].clamp_min(0) * state.scale[:, None]).float()
@@ -266,7 +276,7 @@ def _fp32_certificates(state: Krylov, theta, coef, k: int, p: int, m: int, *, ce
     full = torch.full_like(state.scale, frob2)
     bound = _bound_from(theta[:, :w], rtr, vtr, margin * frob2, full, s_hat, k) if certified else None
     predicted = {}
-    for width in sorted({min(NARROW_CERTIFICATE, p), min(p, w)}):
+    for width in sorted({min(c, w) for c in CERTIFICATE_WIDTHS}):
         if width < k:
             continue
         floor = math.sqrt(width * (m + n)) * _U32
@@ -275,20 +285,34 @@ def _fp32_certificates(state: Krylov, theta, coef, k: int, p: int, m: int, *, ce
     return vecs, bound, predicted
 
 
+def _certificate_in_reach(theta: torch.Tensor, tol: float) -> torch.Tensor:
+    """bool [b]: False where no certificate on the top max(CERTIFICATE_WIDTHS) Ritz vectors can
+    meet tol, from the Ritz values alone (no residuals needed). The bound's hi_1 is at least
+    min_j max(theta_1, c_j) with c_j >= ||dW||_F^2 - (theta_1 + ... + theta_j) (ops/svd_bound.py),
+    so where that exceeds theta_1 (1 + 2 tol)^2 the relative bound exceeds about 2 tol. Theta is
+    in units of the fp32 pass's ||dW||_F^2, taken as 1 - 2^-20 to stay on the safe side."""
+    w = min(theta.shape[1], max(CERTIFICATE_WIDTHS))
+    rest = (1 - 2.0 ** -20) - theta[:, :w].cumsum(1)
+    lowest_hi = torch.maximum(theta[:, :1], rest).amin(1)
+    return lowest_hi <= theta[:, 0] * (1 + 2 * tol) ** 2
+
+
 def _conclude(state: Krylov, members: torch.Tensor, theta, coef, estimate, out: _Outputs, k: int, p: int,
               tol: float, m: int, certify_possible: torch.Tensor) -> _Certificate | None:
     """Finish the stopped members of ``state`` from the fp32 data, or queue their fp64 certificate."""
-    vecs, bound, predicted = _fp32_certificates(state, theta, coef, k, p, m)
+    # a certificate out of reach needs only the honest (loose) bound: from the first p Ritz vectors
+    wide = bool(_certificate_in_reach(theta, tol).any())
+    vecs, bound, predicted = _fp32_certificates(state, theta, coef, k, p, m, wide=wide)
     w = vecs.shape[2]
     # the narrowest width predicted to certify; the whole block where the estimate has not
     # met tol (fp32 stalled: the fp64 pass refines) and no width is predicted to certify
-    pick = torch.where(estimate > tol, min(p, w), 0)
+    pick = torch.where(estimate > tol, min(max(CERTIFICATE_WIDTHS), w), 0)
     for width in sorted(predicted, reverse=True):
         pick = torch.where(predicted[width] <= tol, width, pick)
     certify = (bound > tol) & (pick > 0) & certify_possible.to(bound.device)
     now = ~certify
     if bool(now.any()):
-        left = state.y.double()[now] @ coef[now][:, :, :k]
+        left = state.y[now].double() @ coef[now][:, :, :k]
         out.store(members[now.cpu()], tol, state.scale[now], theta[now][:, :k], left, vecs[now][:, :, :k],
                   bound[now], estimate[now], vecs[now][:, :, :p])
     if not bool(certify.any()):
@@ -333,7 +357,7 @@ def _certify(after, before, cert: _Certificate, out: _Outputs, k: int, tol: floa
     bound = _bound_from(theta, rtr, vtr, margin, torch.full_like(frob2, f2), s_hat, k)
     estimate = ritz_estimates(theta, torch.linalg.vector_norm(resid[:, :, :k], dim=1), k).value
     left = y.double() @ coef[:, :, :k]
-    basis = torch.cat([vecs, cert.rest[fin].double()], 2)
+    basis = torch.cat([vecs, cert.rest[fin].double()], 2)[:, :, :out.basis.shape[2]]
     out.store(cert.members[finite], tol, frob2, theta[:, :k], left, vecs[:, :, :k], bound, estimate, basis)
 
 
@@ -352,15 +376,16 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend, ro
     for it in range(1, max_iters + 1):
         y, z, frob2, finite = rows.product(after, before, block, members, backend)
         out.iters[members] += 1
-        out.nonfinite[members[~finite]] = True
         fin = finite.to(device)
-        members, block, y, z, frob2 = members[finite], block[fin], y[fin], z[fin], frob2[fin]
+        if not bool(finite.all()):
+            out.nonfinite[members[~finite]] = True
+            members, block, y, z, frob2 = members[finite], block[fin], y[fin], z[fin], frob2[fin]
         if state is None:
             zero = frob2 == 0
             if bool(zero.any()):
                 _store_zero(out, members[zero.cpu()], block[zero], k, tol, rows)
             members, block, y, z, frob2 = (t[~zero] for t in (members, block, y, z, frob2))
-            state = Krylov(frob2, n, m_local, device)
+            state = Krylov(frob2, n, m_local, device, capacity=16 * p)
         else:
             state = state.subset(fin)
         if members.numel() == 0:
@@ -371,7 +396,8 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend, ro
         estimate, vector, rel_resid = ritz_estimates(theta, resid, k)
         step = min(p, n - state.width)
         done = ((estimate <= tol) & (vector <= tol)) | (rel_resid <= STALL)
-        check = (estimate <= tol) & ~done  # sigma converged: stop if the fp64 pass will certify it
+        # sigma converged: stop if the fp64 pass will certify it (where it can at all)
+        check = (estimate <= tol) & ~done & _certificate_in_reach(theta, tol)
         if bool(check.any()):
             _, _, predicted = _fp32_certificates(state.subset(check), theta[check], coef[check], k, p, m,
                                                  certified=False)
@@ -389,8 +415,8 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend, ro
             if members.numel() == 0:
                 break
         block = state.next_block(step)
-        if state.width + step > MAX_BASIS_BLOCKS * p:
-            state.restart(coef[:, :, :KEEP_BLOCKS * p])
+        if state.width + step > max(MAX_BASIS_COLUMNS, 2 * p):
+            state.restart(coef[:, :, :max(KEEP_COLUMNS // p, 1) * p])
     for cert in certificates:
         _certify(after, before, cert, out, k, tol, m, backend, rows)
     return out.result()

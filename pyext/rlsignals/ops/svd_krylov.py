@@ -45,45 +45,74 @@ def pass_rounding(m: int, n: int, w: int, dtype: torch.dtype) -> float:
 
 
 class Krylov:
-    """The block Krylov state of the members still iterating (module docstring)."""
+    """The block Krylov state of the members still iterating (module docstring).
 
-    def __init__(self, scale: torch.Tensor, n: int, m_local: int, device: torch.device):
+    Q, Z and Y live in buffers filled from the left, their capacity doubled when full (no
+    copy per pass); ``q``, ``z`` and ``y`` are views of the K columns in use.
+    """
+
+    def __init__(self, scale: torch.Tensor, n: int, m_local: int, device: torch.device, capacity: int):
         b = scale.shape[0]
         self.scale = scale                                                   # fp64 [b]
-        self.q = torch.zeros(b, n, 0, dtype=torch.float64, device=device)
-        self.z = torch.zeros(b, n, 0, dtype=torch.float64, device=device)
-        self.y = torch.zeros(b, m_local, 0, device=device)
+        self._q = torch.empty(b, n, capacity, dtype=torch.float64, device=device)
+        self._z = torch.empty(b, n, capacity, dtype=torch.float64, device=device)
+        self._y = torch.empty(b, m_local, capacity, device=device)
+        self.width = 0
         self.h = torch.zeros(b, 0, 0, dtype=torch.float64, device=device)
         self.err = torch.zeros(b, dtype=torch.float64, device=device)
 
+    def _reserve(self, width: int) -> None:
+        """Room for ``width`` columns in the buffers."""
+        capacity = self._q.shape[2]
+        if width <= capacity:
+            return
+        capacity = max(width, 2 * capacity)
+        for name in ("_q", "_z", "_y"):
+            old = getattr(self, name)
+            grown = old.new_empty(*old.shape[:2], capacity)
+            grown[:, :, :self.width] = old[:, :, :self.width]
+            setattr(self, name, grown)
+
     @property
-    def width(self) -> int:
-        return self.q.shape[2]
+    def q(self) -> torch.Tensor:
+        return self._q[:, :, :self.width]
+
+    @property
+    def z(self) -> torch.Tensor:
+        return self._z[:, :, :self.width]
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self._y[:, :, :self.width]
 
     def subset(self, keep: torch.Tensor) -> Krylov:
-        """The state of the members where ``keep`` (bool [b], on the state's device) is True."""
+        """The state of the members where ``keep`` (bool [b], on the state's device) is True
+        (this state itself when all are kept)."""
+        if bool(keep.all()):
+            return self
         new = Krylov.__new__(Krylov)
-        for name in ("scale", "q", "z", "y", "h", "err"):
+        new.width = self.width
+        for name in ("scale", "_q", "_z", "_y", "h", "err"):
             setattr(new, name, getattr(self, name)[keep])
         return new
 
     def append(self, block: torch.Tensor, y: torch.Tensor, z: torch.Tensor, rounding: float) -> None:
         """Add the fed block P (fp32 [b, n, w]) with Y = dW P and Z = G P (the pass's results)."""
-        p64 = block.double()
-        z64 = z.double() / self.scale[:, None, None]
-        self.q = torch.cat([self.q, p64], 2)
-        cross = self.q.mT @ z64                                              # [b, K + w, w]
-        old = self.h.shape[1]
-        h = torch.zeros(self.q.shape[0], old + block.shape[2], old + block.shape[2], dtype=torch.float64,
-                        device=block.device)
+        old, w = self.width, block.shape[2]
+        self._reserve(old + w)
+        self._q[:, :, old:old + w] = block
+        self._z[:, :, old:old + w] = z
+        self._z[:, :, old:old + w] /= self.scale[:, None, None]
+        self._y[:, :, old:old + w] = y
+        self.width = old + w
+        cross = (self._z[:, :, old:old + w].mT @ self.q).mT                  # Q^T Z_new [b, K + w, w]
+        h = torch.empty(block.shape[0], old + w, old + w, dtype=torch.float64, device=block.device)
         h[:, :old, :old] = self.h
         h[:, :, old:] = cross
         h[:, old:, :old] = cross[:, :old].mT
         h[:, old:, old:] = (cross[:, old:] + cross[:, old:].mT) / 2
         self.h = h
-        self.z = torch.cat([self.z, z64], 2)
-        self.y = torch.cat([self.y, y.float()], 2)
-        norm_p = torch.linalg.matrix_norm(p64)
+        norm_p = torch.linalg.matrix_norm(self._q[:, :, old:old + w])
         self.err = torch.sqrt(self.err.square() + (rounding * norm_p).square())
 
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,18 +128,20 @@ class Krylov:
     def next_block(self, w: int) -> torch.Tensor:
         """The next block to feed (fp32 [b, n, w]): the newest w images with span(Q) removed
         (twice), orthonormalised, then once more against Q after the QR."""
+        q = self.q
         new = self.z[:, :, -w:]
         for _ in range(2):
-            new = new - self.q @ (self.q.mT @ new)
+            new = new - q @ (new.mT @ q).mT
         new = torch.linalg.qr(new).Q
-        new = new - self.q @ (self.q.mT @ new)
+        new = new - q @ (new.mT @ q).mT
         return torch.linalg.qr(new).Q.float()
 
     def restart(self, coef: torch.Tensor) -> None:
         """Keep the span of the Ritz vectors Q coef (coef: fp64 [b, K, r], orthonormal columns)."""
-        self.q = self.q @ coef
-        self.z = self.z @ coef
-        self.y = (self.y.double() @ coef).float()
+        r = coef.shape[2]
+        q, z, y = self.q @ coef, self.z @ coef, (self.y.double() @ coef).float()
+        self._q[:, :, :r], self._z[:, :, :r], self._y[:, :, :r] = q, z, y
+        self.width = r
         h = coef.mT @ self.h @ coef
         self.h = (h + h.mT) / 2
         self.err = self.err * (1 + _ORTHO_SLACK)
