@@ -21,8 +21,9 @@ Methods (times per matrix; stacks timed whole and divided by B; all on the same 
   arpack, propack    scipy.sparse.linalg.svds(dW fp32, k=1, tol) with the largest tol of a
                      ladder reaching 1e-4 (PROPACK: maxiter 400) (CPU)
   linalg_svd         torch.linalg.svd(dW fp32), first member of each shape (B=1 cost)
-  pass/<backend>     one fused pass (ops/delta_products.py, 16 columns) of the stack, beside
-                     "read": reading W0 and W1 once (x_read = t_pass / t_read)
+  pass/<backend>     one fused pass (ops/delta_products.py) of the stack with delta_svd's block
+                     for k = 1, beside "read": reading W0 and W1 once (torch's sum of each,
+                     the fastest read torch offers here; x_read = t_pass / t_read)
 Every contender is tuned to the same sigma_1 accuracy (<= 1e-4) in the same run, so
 x_vs_best compares equal accuracy. --quick times each contender by its one tuning run and
 delta_svd by one call.
@@ -34,7 +35,8 @@ max(err, 2^-24): an estimate at its fp32 rounding floor with a true error below 
 
 Usage:
   python bench/delta_svd.py --quick            # CPU, 2048 x 2048, B=1, three families, < 2 min quiet
-  python bench/delta_svd.py                    # CPU, 4096 x 4096 and 11008 x 4096, B=2 and 8
+  python bench/delta_svd.py                    # CPU, 4096 x 4096, 11008 x 4096, 4096 x 11008, B=2 and 8
+  python bench/delta_svd.py --shapes 4096x4096 --stack 2 --families mp1-1.5   # a subset
   python bench/delta_svd.py --device cuda      # GPU (scipy/sklearn contenders skipped)
 Writes bench/results/delta_svd-<device>.json (with "readme_rows") and prints a table.
 """
@@ -55,7 +57,7 @@ import rlsignals
 
 # (shapes, stack sizes, families) per mode
 MODES = {
-    "cpu": ([(4096, 4096), (11008, 4096)], [2, 8],
+    "cpu": ([(4096, 4096), (11008, 4096), (4096, 11008)], [2, 8],
             ["mp1-3", "mp1-1.5", "mp1-1.2", "mp3-1.5", "mp3-1.2", "geo30-1.2", "subulp", "concentrated"]),
     "cpu-quick": ([(2048, 2048)], [1], ["mp1-1.5", "mp1-1.2", "concentrated"]),
     "cuda": ([(4096, 4096), (11008, 4096)], [2], ["mp1-1.2", "concentrated"]),  # fits gpu_check's 80 s
@@ -211,13 +213,14 @@ def contenders(w0, w1, ref, record, num: int) -> None:
 
 
 def passes(w0, w1, record, backends: list[str]) -> None:
-    """One fused pass of 16 columns per backend, beside reading W0 and W1 once."""
+    """One fused pass of delta_svd's block (k = 1) per backend, beside reading W0 and W1 once."""
     from rlsignals.ops.delta_products import delta_products
+    from rlsignals.ops.svd import default_block_size
 
     num, _, n = w1.shape
-    x = torch.linalg.qr(torch.randn(num, n, 16, device=w1.device)).Q
+    x = torch.linalg.qr(torch.randn(num, n, default_block_size(1, n, None), device=w1.device)).Q
     members = torch.arange(num)
-    read = time_call(lambda: (w0.sum(dtype=torch.float32), w1.sum(dtype=torch.float32)), RUN["device"], **REPS)
+    read = time_call(lambda: (w0.sum(), w1.sum()), RUN["device"], **REPS)
     record("read", read, bytes=2 * w1.numel() * w1.element_size())
     for backend in backends:
         timing = time_call(lambda backend=backend: delta_products(w1, w0, x, members, backend), RUN["device"], **REPS)

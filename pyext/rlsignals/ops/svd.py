@@ -127,10 +127,12 @@ def default_block_size(k: int, n: int, oversample: int | None) -> int:
     """p = k + oversample, capped at n; by default 4 for k = 1, else a multiple of 8 with
     >= 4 extra columns.
 
-    On the CPU (AVX2, 4096 x 4096 bf16) a pass of 1, 4, 8 and 16 columns takes about 6.7,
-    8.3, 10.7 and 22 ms: up to 4 columns run with the lanes along the rows, from 5 on one
+    On the CPU (AVX2, 4096 x 4096 bf16) a pass of 1, 4, 8 and 16 columns takes about 5.7,
+    8.4, 9.7 and 21 ms: up to 4 columns run with the lanes along the rows, from 5 on one
     register holds 8 columns. On the bench's spiked spectra (bench/delta_svd.py) 4 columns
-    need the same passes as 8 or 16 for k = 1, and 1 or 2 columns up to 3 passes more.
+    need the same passes as 8 or 16 for k = 1; one column (oversample=0, single-vector
+    Lanczos as in ARPACK/PROPACK) needs 1-3 passes more but is about 15-30% faster on such a
+    CPU, and its estimate is less reliable in the first passes (two Ritz values).
     """
     p = (4 if k == 1 else 8 * math.ceil((k + 4) / 8)) if oversample is None else k + oversample
     return min(p, n)
@@ -397,7 +399,9 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend, ro
         step = min(p, n - state.width)
         done = ((estimate <= tol) & (vector <= tol)) | (rel_resid <= STALL)
         # sigma converged: stop if the fp64 pass will certify it (where it can at all)
-        check = (estimate <= tol) & ~done & _certificate_in_reach(theta, tol)
+        check = (estimate <= tol) & ~done
+        if bool(check.any()):
+            check &= _certificate_in_reach(theta, tol)
         if bool(check.any()):
             _, _, predicted = _fp32_certificates(state.subset(check), theta[check], coef[check], k, p, m,
                                                  certified=False)
