@@ -6,10 +6,14 @@
 // partials are added in slab order. Within a slab, groups of 16 rows:
 //   - convert: D[i] = after[i] - before[i] in Acc into a small buffer, squares
 //     summed on the way, the rows of the next group asked into L2 meanwhile;
-//   - Y[i] = D[i] X: broadcast D[i][j] times the p-wide row X[j] (p <= 32
-//     columns live in one to four vector registers), several rows at a time;
-//   - Z_slab[j] += sum_i D[i][j] Y[i]: a few columns of Z held in registers
-//     while the group's rows stream past, so Z is read and written once a group.
+//   - Y[i] = D[i] X and Z_slab += D^T Y in one of two layouts:
+//     p > 4, columns on the lanes: broadcast D[i][j] times the p-wide row X[j]
+//     (p <= 32 columns in one to eight vector registers), several rows at a
+//     time; then a few rows of Z held in registers while the group's rows
+//     stream past, so Z is read and written once a group;
+//     p <= 4, rows on the lanes: Y[i][c] a dot product along j of D[i] with
+//     column c of X (stored transposed), Z^T[c] += Y[i][c] D[i] along j; no
+//     lane is wasted on padding columns.
 // The input is read from memory once; the buffer is read twice from cache.
 // bf16 is widened with a 16-bit shift, fp16 with vcvtph2ps; registers are
 // 512-bit with AVX-512 (F + BW), 256-bit with AVX2 + FMA + F16C, and otherwise

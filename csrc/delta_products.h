@@ -10,11 +10,12 @@
 //
 // in ONE pass over after and before. Rows are taken in groups; a group of dW
 // is formed in the accumulation type Acc (float or double) in a small buffer,
-// never all of dW. Every entry of Y is a sum over j = 0..n-1 in order; every
-// entry of Z a sum over rows, in order within fixed slabs of rows and the slab
-// sums in order; the squares of a row are summed in Acc and the rows in double
-// in order. The slabs depend on the sizes only: results do not depend on the thread
-// count.
+// never all of dW. Every entry of Y is a sum over j in a fixed order (in order
+// for p > 4; for p <= 4 in vector-width partial sums, then those in order);
+// every entry of Z a sum over rows, in order within fixed slabs of rows and
+// the slab sums in order; the squares of a row are summed in Acc and the rows
+// in double in order. The slabs depend on the sizes only: results do not
+// depend on the thread count.
 #pragma once
 #include <cstdint>
 
