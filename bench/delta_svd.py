@@ -332,6 +332,7 @@ def main() -> None:
                         help="shapes, e.g. 4096x4096 11008x4096, each with every --stack (default: the mode's cells)")
     parser.add_argument("--families", nargs="+", default=None, help="families (default: per mode)")
     parser.add_argument("--backend", default="auto")
+    parser.add_argument("--note", help="a remark on how it was run (e.g. the machine's load), kept in the JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     RUN.update(quick=args.quick, device=torch.device(args.device))
@@ -370,7 +371,7 @@ def main() -> None:
 def save(records: list[dict], args) -> object:
     return write_results("delta_svd", RUN["device"], records,
                          {"target_sigma1_rel_err": TARGET, "quick": args.quick, "threads": args.threads,
-                          "load_average_1m": os.getloadavg()[0], "readme_rows": readme_rows(records),
+                          "load_average_1m": os.getloadavg()[0], "readme_rows": readme_rows(records), "note": args.note,
                           "baseline": "contenders tuned to sigma1 rel. err <= 1e-4 in the same run; "
                                       "torch.linalg.svd fp32 (one matrix per shape)"})
 
