@@ -101,8 +101,7 @@ class Krylov:
         old, w = self.width, block.shape[2]
         self._reserve(old + w)
         self._q[:, :, old:old + w] = block
-        self._z[:, :, old:old + w] = z
-        self._z[:, :, old:old + w] /= self.scale[:, None, None]
+        self._z[:, :, old:old + w] = z.double() / self.scale[:, None, None]
         self._y[:, :, old:old + w] = y
         self.width = old + w
         cross = (self._z[:, :, old:old + w].mT @ self.q).mT                  # Q^T Z_new [b, K + w, w]
