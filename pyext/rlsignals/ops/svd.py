@@ -9,9 +9,9 @@ leaves the batch):
         Y, Z = dW P, dW^T (dW P)            fused product of the pending block P (ops/delta_products.py)
         append P, Y, Z to the block Krylov basis (ops/svd_krylov.py); Rayleigh-Ritz on it
         residuals r_i = ||G v_i - theta_i v_i|| of the top k Ritz pairs -> err_estimate
-        stop when err_estimate <= tol and max_i r_i / delta_i <= tol (delta_i the gap from
+        stop when err_estimate <= tol and max_i r_i / delta_i <= vector_tol (delta_i the gap from
             theta_i to the nearest other Ritz value: the residual test of ARPACK/PROPACK
-            scaled by the gap, so that the vectors meet tol too, sin(v_i, true) <~ r_i / delta_i,
+            scaled by the gap, so that the vectors meet vector_tol, sin(v_i, true) <~ r_i / delta_i,
             ops/svd_estimate.py), or when max_i r_i <= STALL * theta_1 (fp32 can resolve no
             more), or when err_estimate <= tol and an fp64 pass is predicted to certify
             (concentrated spectra)
@@ -45,10 +45,11 @@ What the fields promise (all relative to sigma_1; for k = 1 the relative error o
   sqrt(gap), svd_krylov.py) is what makes the iteration fast, and it holds for every start
   with a non-negligible component along v_1: a Gaussian start has |cos(x, v_1)| < d / sqrt(n)
   with probability about d sqrt(2/pi) or less.
-- V, U: a member that stops on the estimate has max_i r_i / delta_i <= tol, the estimated
-  sine of the angle of each v_i to the true one (Davis-Kahan with the Ritz gap; u_i = dW v_i /
-  S_i is closer still, its bulk components scaled by sigma_j / sigma_1). Same caveats as
-  err_estimate; a member stopped by STALL or max_iters may not meet it.
+- V, U: a member that stops on the estimate has max_i r_i / delta_i <= vector_tol (default
+  tol), the estimated sine of the angle of each v_i to the true one (Davis-Kahan with the Ritz
+  gap; u_i = dW v_i / S_i is closer still, its bulk components scaled by sigma_j / sigma_1).
+  Same caveats as err_estimate; a member stopped by STALL or max_iters may not meet it, nor
+  does one run with vector_tol=inf (values only).
 
 Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i >= 0.
 Signs: the entry of largest magnitude of each u_i (the first such) is positive; where S_i = 0,
@@ -68,7 +69,7 @@ import torch
 from rlsignals.ops.backends import resolve_backend
 from rlsignals.ops.svd_bound import eigenvalue_bounds, relative_error_bound
 from rlsignals.ops.svd_estimate import ritz_estimates
-from rlsignals.ops.svd_krylov import Krylov, pass_rounding, ritz_block
+from rlsignals.ops.svd_krylov import Krylov, combine, orthonormal, pass_rounding, ritz_block
 from rlsignals.ops.svd_rows import Rows
 from rlsignals.ops.svd_validation import check_delta_svd_args
 
@@ -151,12 +152,13 @@ def start_basis(n: int, p: int, seed: int, members: range, init: torch.Tensor | 
     if init is not None:
         cols = min(p, init.shape[2])
         blocks[:, :, :cols] = init[:, :, :cols].to("cpu", torch.float32)
-    return torch.linalg.qr(blocks).Q.to(device)
+    return orthonormal(blocks).to(device)
 
 
 def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 1, *, tol: float = 1e-4,
               max_iters: int | None = None, oversample: int | None = None, seed: int = 0,
-              init: torch.Tensor | None = None, backend: str = "auto", process_group=None) -> DeltaSVD:
+              init: torch.Tensor | None = None, backend: str = "auto", process_group=None,
+              vector_tol: float | None = None) -> DeltaSVD:
     """Top-k singular values and vectors of after - before (or of after alone).
 
     after, before: [B, m, n] or [m, n], float32/float16/bfloat16, same shape, dtype and
@@ -164,8 +166,8 @@ def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 
         contiguous (a copy is made when they are not).
     k: number of triplets, 1 <= k <= min(m, n).
     tol: stop a member once err_estimate <= tol and the estimated angles of its V columns,
-        ||G v_i - S_i^2 v_i|| / delta_i, are <= tol (module docstring); ``certified`` says
-        whether err_bound met tol too.
+        ||G v_i - S_i^2 v_i|| / delta_i, are <= vector_tol (module docstring); ``certified``
+        says whether err_bound met tol too.
     max_iters: passes per member at most (default 64), the certifying pass included.
     oversample: extra columns of each block (default: blocks of 4 for k = 1, 8 for k <= 4, 16 for
         k <= 12, ...).
@@ -178,14 +180,20 @@ def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 
         ([B, m_r, n], slabs in rank order; the same n, k, seed, init and options on every
         rank). Every rank gets the same S, V, frob, err fields, iters and basis, and its
         slab of U (ops/svd_rows.py).
+    vector_tol: the angle test's threshold (default: tol). math.inf stops on the values
+        alone (err_estimate <= tol): about half the passes where sigma_1 / sigma_2 is near
+        1, since Ritz values converge with the square of the vectors' angles; U and V are
+        then the Ritz vectors at that point, with no promise on their angles.
 
     Returns DeltaSVD; unbatched input gives unbatched output (like torch.linalg).
     """
-    args = check_delta_svd_args(after, before, k, tol, max_iters, oversample, seed, init, process_group)
+    args = check_delta_svd_args(after, before, k, tol, max_iters, oversample, seed, init, process_group,
+                                vector_tol)
     name = resolve_backend(backend, args.after.device, "delta_products")
     max_iters = DEFAULT_MAX_ITERS if args.max_iters is None else args.max_iters
     rows = Rows(process_group, args.after.shape[1], args.after.device)
-    out = _solve(args.after, args.before, k, tol, max_iters, oversample, seed, args.init, name, rows)
+    vector_tol = tol if vector_tol is None else vector_tol
+    out = _solve(args.after, args.before, k, tol, vector_tol, max_iters, oversample, seed, args.init, name, rows)
     if args.unbatched:
         return DeltaSVD(*(t[0] for t in out))
     return out
@@ -266,7 +274,7 @@ def _fp32_certificates(state: Krylov, theta, coef, k: int, p: int, m: int, *, ce
     (None unless ``certified``), and {width: the bound an fp64 pass on the first ``width`` of
     them is predicted to give} (the typical fp32 rounding taken off the residuals and frob2,
     as ops/svd_bound.py describes for a negative margin)."""
-    n = state.q.shape[1]
+    n = state.qt.shape[2]
     if certified:
         w = min(state.width, max(CERTIFICATE_RITZ, p) if wide else p)
     else:
@@ -314,7 +322,7 @@ def _conclude(state: Krylov, members: torch.Tensor, theta, coef, estimate, out: 
     certify = (bound > tol) & (pick > 0) & certify_possible.to(bound.device)
     now = ~certify
     if bool(now.any()):
-        left = state.y[now].double() @ coef[now][:, :, :k]
+        left = combine(state.yt[now].double(), coef[now][:, :, :k])
         out.store(members[now.cpu()], tol, state.scale[now], theta[now][:, :k], left, vecs[now][:, :, :k],
                   bound[now], estimate[now], vecs[now][:, :, :p])
     if not bool(certify.any()):
@@ -322,7 +330,7 @@ def _conclude(state: Krylov, members: torch.Tensor, theta, coef, estimate, out: 
     width = int(pick[certify].max())  # one width per call: the widest any member needs
     sel = certify
     # one block power step for free: G V (the fp32 images at hand) spans better top vectors
-    iterated = torch.linalg.qr(state.z[sel] @ coef[sel][:, :, :width]).Q
+    iterated = orthonormal(combine(state.zt[sel], coef[sel][:, :, :width]))
     return _Certificate(members[sel.cpu()], iterated, vecs[sel][:, :, width:p].float())
 
 
@@ -363,7 +371,7 @@ def _certify(after, before, cert: _Certificate, out: _Outputs, k: int, tol: floa
     out.store(cert.members[finite], tol, frob2, theta[:, :k], left, vecs[:, :, :k], bound, estimate, basis)
 
 
-def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend, rows: Rows) -> DeltaSVD:
+def _solve(after, before, k, tol, vector_tol, max_iters, oversample, seed, init, backend, rows: Rows) -> DeltaSVD:
     num, m_local, n = after.shape
     device = after.device
     m = rows.rows
@@ -397,7 +405,7 @@ def _solve(after, before, k, tol, max_iters, oversample, seed, init, backend, ro
         resid = state.residuals(coef[:, :, :k], theta[:, :k])
         estimate, vector, rel_resid = ritz_estimates(theta, resid, k)
         step = min(p, n - state.width)
-        done = ((estimate <= tol) & (vector <= tol)) | (rel_resid <= STALL)
+        done = ((estimate <= tol) & (vector <= vector_tol)) | (rel_resid <= STALL)
         # sigma converged: stop if the fp64 pass will certify it (where it can at all)
         check = (estimate <= tol) & ~done
         if bool(check.any()):

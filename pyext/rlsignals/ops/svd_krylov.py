@@ -36,6 +36,20 @@ _U32 = 2.0 ** -24
 _ORTHO_SLACK = 1e-12
 
 
+def combine(rows: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """B coef for a basis B stored transposed (``rows`` = B^T [b, K, n], coef [b, K, w]):
+    [b, n, w], computed as (coef^T B^T)^T so that BLAS reads the rows contiguously."""
+    return (coef.mT @ rows).mT
+
+
+def orthonormal(x: torch.Tensor) -> torch.Tensor:
+    """Q of the thin QR of each member of x [b, n, w], one LAPACK call per member (torch's
+    batched QR of tall thin blocks is about 4x slower on the CPU)."""
+    if x.shape[0] == 0:
+        return torch.linalg.qr(x).Q
+    return torch.stack([torch.linalg.qr(member).Q for member in x])
+
+
 def pass_rounding(m: int, n: int, w: int, dtype: torch.dtype) -> float:
     """Bound on ||fl(G P) - G P||_2 / ||dW||_F^2 per unit of ||P||_F for a pass in ``dtype``:
     each entry of Y and Z is a sum of n resp. m products in any order, and D is rounded
@@ -47,43 +61,46 @@ def pass_rounding(m: int, n: int, w: int, dtype: torch.dtype) -> float:
 class Krylov:
     """The block Krylov state of the members still iterating (module docstring).
 
-    Q, Z and Y live in buffers filled from the left, their capacity doubled when full (no
-    copy per pass); ``q``, ``z`` and ``y`` are views of the K columns in use.
+    Q, Z and Y are stored transposed, one basis column per row ([b, capacity, n]), filled
+    from the first row, their capacity doubled when full (no copy per pass); ``qt``, ``zt``
+    and ``yt`` are the [b, K, n] (resp. [b, K, m]) views of the K columns in use. Every
+    product then reads them as contiguous rows (``combine``), and a new block writes (and
+    page-faults) only its own rows' memory.
     """
 
     def __init__(self, scale: torch.Tensor, n: int, m_local: int, device: torch.device, capacity: int):
         b = scale.shape[0]
         self.scale = scale                                                   # fp64 [b]
-        self._q = torch.empty(b, n, capacity, dtype=torch.float64, device=device)
-        self._z = torch.empty(b, n, capacity, dtype=torch.float64, device=device)
-        self._y = torch.empty(b, m_local, capacity, device=device)
+        self._q = torch.empty(b, capacity, n, dtype=torch.float64, device=device)
+        self._z = torch.empty(b, capacity, n, dtype=torch.float64, device=device)
+        self._y = torch.empty(b, capacity, m_local, device=device)
         self.width = 0
         self.h = torch.zeros(b, 0, 0, dtype=torch.float64, device=device)
         self.err = torch.zeros(b, dtype=torch.float64, device=device)
 
     def _reserve(self, width: int) -> None:
         """Room for ``width`` columns in the buffers."""
-        capacity = self._q.shape[2]
+        capacity = self._q.shape[1]
         if width <= capacity:
             return
         capacity = max(width, 2 * capacity)
         for name in ("_q", "_z", "_y"):
             old = getattr(self, name)
-            grown = old.new_empty(*old.shape[:2], capacity)
-            grown[:, :, :self.width] = old[:, :, :self.width]
+            grown = old.new_empty(old.shape[0], capacity, old.shape[2])
+            grown[:, :self.width] = old[:, :self.width]
             setattr(self, name, grown)
 
     @property
-    def q(self) -> torch.Tensor:
-        return self._q[:, :, :self.width]
+    def qt(self) -> torch.Tensor:
+        return self._q[:, :self.width]
 
     @property
-    def z(self) -> torch.Tensor:
-        return self._z[:, :, :self.width]
+    def zt(self) -> torch.Tensor:
+        return self._z[:, :self.width]
 
     @property
-    def y(self) -> torch.Tensor:
-        return self._y[:, :, :self.width]
+    def yt(self) -> torch.Tensor:
+        return self._y[:, :self.width]
 
     def subset(self, keep: torch.Tensor) -> Krylov:
         """The state of the members where ``keep`` (bool [b], on the state's device) is True
@@ -100,18 +117,18 @@ class Krylov:
         """Add the fed block P (fp32 [b, n, w]) with Y = dW P and Z = G P (the pass's results)."""
         old, w = self.width, block.shape[2]
         self._reserve(old + w)
-        self._q[:, :, old:old + w] = block
-        self._z[:, :, old:old + w] = z.double() / self.scale[:, None, None]
-        self._y[:, :, old:old + w] = y
+        self._q[:, old:old + w] = block.mT
+        self._z[:, old:old + w] = z.mT.double() / self.scale[:, None, None]
+        self._y[:, old:old + w] = y.mT
         self.width = old + w
-        cross = (self._z[:, :, old:old + w].mT @ self.q).mT                  # Q^T Z_new [b, K + w, w]
+        cross = self.qt @ self._z[:, old:old + w].mT                         # Q^T Z_new [b, K + w, w]
         h = torch.empty(block.shape[0], old + w, old + w, dtype=torch.float64, device=block.device)
         h[:, :old, :old] = self.h
         h[:, :, old:] = cross
         h[:, old:, :old] = cross[:, :old].mT
         h[:, old:, old:] = (cross[:, old:] + cross[:, old:].mT) / 2
         self.h = h
-        norm_p = torch.linalg.matrix_norm(self._q[:, :, old:old + w])
+        norm_p = torch.linalg.matrix_norm(self._q[:, old:old + w])
         self.err = torch.sqrt(self.err.square() + (rounding * norm_p).square())
 
     def ritz(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,25 +138,25 @@ class Krylov:
 
     def residuals(self, coef: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """||Z c_i - Q c_i theta_i|| for the given columns c_i of C (fp64 [b, j])."""
-        r = self.z @ coef - (self.q @ coef) * theta[:, None, :]
+        r = combine(self.zt, coef) - combine(self.qt, coef) * theta[:, None, :]
         return torch.linalg.vector_norm(r, dim=1)
 
     def next_block(self, w: int) -> torch.Tensor:
         """The next block to feed (fp32 [b, n, w]): the newest w images with span(Q) removed
         (twice), orthonormalised, then once more against Q after the QR."""
-        q = self.q
-        new = self.z[:, :, -w:]
+        qt = self.qt
+        new = self.zt[:, -w:]                                                # transposed: [b, w, n]
         for _ in range(2):
-            new = new - q @ (new.mT @ q).mT
-        new = torch.linalg.qr(new).Q
-        new = new - q @ (new.mT @ q).mT
-        return torch.linalg.qr(new).Q.float()
+            new = new - (qt @ new.mT).mT @ qt
+        new = orthonormal(new.mT).mT.contiguous()
+        new = new - (qt @ new.mT).mT @ qt
+        return orthonormal(new.mT).float()
 
     def restart(self, coef: torch.Tensor) -> None:
         """Keep the span of the Ritz vectors Q coef (coef: fp64 [b, K, r], orthonormal columns)."""
         r = coef.shape[2]
-        q, z, y = self.q @ coef, self.z @ coef, (self.y.double() @ coef).float()
-        self._q[:, :, :r], self._z[:, :, :r], self._y[:, :, :r] = q, z, y
+        qt, zt, yt = coef.mT @ self.qt, coef.mT @ self.zt, (coef.mT @ self.yt.double()).float()
+        self._q[:, :r], self._z[:, :r], self._y[:, :r] = qt, zt, yt
         self.width = r
         h = coef.mT @ self.h @ coef
         self.h = (h + h.mT) / 2
@@ -151,8 +168,8 @@ def ritz_block(state: Krylov, coef: torch.Tensor, theta: torch.Tensor):
     inputs of eigenvalue_bounds in units of ||dW||_F^2 / scale: R^T R, V^T R (R = Z coef - V
     diag(theta)) and the certified margin on ||computed G V - exact G V||_2 / scale (pass
     rounding through coef, the fp64 work here, and V's departure from orthonormality)."""
-    vecs = state.q @ coef
-    resid = state.z @ coef - vecs * theta[:, None, :]
+    vecs = combine(state.qt, coef)
+    resid = combine(state.zt, coef) - vecs * theta[:, None, :]
     n, w = vecs.shape[1], coef.shape[2]
     eye = torch.eye(w, dtype=torch.float64, device=coef.device)
     orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye)

@@ -75,7 +75,7 @@ def _check_group(group: object) -> None:
 
 def check_delta_svd_args(after: object, before: object, k: object, tol: object, max_iters: object,
                          oversample: object, seed: object, init: object,
-                         process_group: object = None) -> DeltaSVDArgs:
+                         process_group: object = None, vector_tol: object = None) -> DeltaSVDArgs:
     """Validate delta_svd's arguments; returns batched, row-contiguous views."""
     after = _check_matrix("after", after)
     if before is not None:
@@ -95,6 +95,9 @@ def check_delta_svd_args(after: object, before: object, k: object, tol: object, 
         raise ValueError(f"k must be <= min(m, n) = {min(m, n)} for matrices of shape [{m}, {n}], got {k}")
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not (math.isfinite(tol) and tol > 0):
         raise ValueError(f"tol must be a finite number > 0, got {tol!r}")
+    if vector_tol is not None and (isinstance(vector_tol, bool) or not isinstance(vector_tol, (int, float))
+                                   or not vector_tol > 0):
+        raise ValueError(f"vector_tol must be a number > 0 (math.inf: values only) or None, got {vector_tol!r}")
     _check_int("max_iters", max_iters, 1, optional=True)
     _check_int("oversample", oversample, 0, optional=True)
     _check_int("seed", seed, 0)
