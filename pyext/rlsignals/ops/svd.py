@@ -181,7 +181,7 @@ def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 
         rank). Every rank gets the same S, V, frob, err fields, iters and basis, and its
         slab of U (ops/svd_rows.py).
     vector_tol: the angle test's threshold (default: tol). math.inf stops on the values
-        alone (err_estimate <= tol): about half the passes where sigma_1 / sigma_2 is near
+        alone (err_estimate <= tol): a third fewer passes or more where sigma_1 / sigma_2 is near
         1, since Ritz values converge with the square of the vectors' angles; U and V are
         then the Ritz vectors at that point, with no promise on their angles.
 
