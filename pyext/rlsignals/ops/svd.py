@@ -128,12 +128,18 @@ def default_block_size(k: int, n: int, oversample: int | None) -> int:
     """p = k + oversample, capped at n; by default 4 for k = 1, else a multiple of 8 with
     >= 4 extra columns.
 
-    On the CPU (AVX2, 4096 x 4096 bf16) a pass of 1, 4, 8 and 16 columns takes about 5.7,
-    8.4, 9.7 and 21 ms: up to 4 columns run with the lanes along the rows, from 5 on one
-    register holds 8 columns. On the bench's spiked spectra (bench/delta_svd.py) 4 columns
-    need the same passes as 8 or 16 for k = 1; one column (oversample=0, single-vector
-    Lanczos as in ARPACK/PROPACK) needs 1-3 passes more but is about 15-30% faster on such a
-    CPU, and its estimate is less reliable in the first passes (two Ritz values).
+    A pass does 2 p + 1 multiply-adds per element of dW (Y, Z and ||dW||_F^2). On the bench's
+    CPU (a 2-core AVX2 VM that sustains about 1.24 G 8-wide FMAs per second per core) a
+    4096 x 4096 bf16 pass of 1, 2, 3 and 4 columns took 5.2, 7.2, 8.5 and 9.0 ms: one column
+    reads memory at its speed (a plain a - b of the pair: 5.7 ms), from 3 on the FMAs bound it
+    (floor 7.6 ms for 4 columns; the kernel reaches about 84% of it). On the bench's spiked
+    spectra 4 columns need the passes of 8 or 16 for k = 1. One column (oversample=0,
+    single-vector Lanczos as in ARPACK/PROPACK) needs 0.1-1.4 more passes on average over 8
+    members (up to 3 more for one) and ran 5 of the bench's cases (4096 x 4096 and
+    4096 x 11008, B = 2) 12-34% faster on that CPU, but it is not the default: its estimate is cruder while the basis holds few Ritz
+    values (on two clustered values, sigma_2 = 0.99 sigma_1, after 2 passes it fell below the
+    true error), and on the concentrated case (2048 x 2048) asked for the values alone it
+    stopped on an estimate 3x below the true error, uncertified, where blocks of 4 certify.
     """
     p = (4 if k == 1 else 8 * math.ceil((k + 4) / 8)) if oversample is None else k + oversample
     return min(p, n)
