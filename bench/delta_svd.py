@@ -25,7 +25,7 @@ Methods (times per matrix; stacks timed whole and divided by B; all on the same 
                      ladder reaching it (PROPACK: maxiter 400); singular vectors returned only
                      where they are judged (CPU)
   linalg_svd         torch.linalg.svd(dW fp32), first member of each shape (B=1 cost)
-  pass/<backend>     one fused pass (ops/delta_products.py) of the stack with delta_svd's block
+  pass/<backend>     one fused pass (ops/delta_products.py) of the stack with delta_svd's wide block
                      for k = 1, beside "read": reading W0 and W1 once (torch's sum of each,
                      the fastest read torch offers here; x_read = t_pass / t_read)
 Every contender is tuned in the same run to the case's accuracy: sigma_1 rel. error <= 1e-4

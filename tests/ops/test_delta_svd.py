@@ -150,6 +150,28 @@ def test_single_vector_blocks_converge():
     assert one.err_estimate > TOL
 
 
+def test_block_shrinks_once_the_top_stands_clear(monkeypatch):
+    """After WIDE_PASSES passes of the default block, a spike well above its bulk (theta_2 <=
+    SHRINK_GAP theta_1) is iterated with blocks of k columns and still meets tol in value and
+    vector; two clustered values (sigma_2 = 0.99 sigma_1) keep the wide block throughout."""
+    from rlsignals.ops.svd import WIDE_PASSES, default_block_size
+
+    widths = record_pass_widths(monkeypatch)
+    after, before = weight_pair(spiked_bulk(300, 260, 3.0, seed=5), torch.float32)
+    out = solve(after, before)
+    p = default_block_size(1, 260, None)
+    assert len(widths) > WIDE_PASSES + 1, widths
+    assert [w for _, w in widths] == [p] * WIDE_PASSES + [1] * (len(widths) - WIDE_PASSES), widths
+    err = assert_honest(out, after, before, 1)
+    assert err <= TOL and out.err_estimate <= TOL
+    _, _, vh = torch.linalg.svd(exact_delta(after, before))
+    assert sin_angle(out.V[:, 0], vh[0]) <= TOL
+    widths.clear()
+    after, before = weight_pair(planted_delta(300, 260, [1.0, 0.99], noise=0.8, seed=2), torch.float32)
+    solve(after, before, max_iters=8)
+    assert all(w == p for _, w in widths), widths
+
+
 def test_pass_cap_is_honest_not_converged():
     """sigma_2/sigma_1 = 0.99 over a bulk, two passes allowed: the solver stops at the cap,
     says it has not converged (estimate above tol) and the bound stays honest."""

@@ -15,8 +15,12 @@ leaves the batch):
             ops/svd_estimate.py), or when max_i r_i <= STALL * theta_1 (fp32 can resolve no
             more), or when err_estimate <= tol and an fp64 pass is predicted to certify
             (concentrated spectra)
-        P <- the new directions of Z (full reorthogonalisation); restart from the top Ritz
-            vectors when the basis would exceed MAX_BASIS_COLUMNS columns
+        P <- the new directions of Z (full reorthogonalisation): block Lanczos; after the first
+            WIDE_PASSES passes, once every member's top k Ritz values stand clear of the next
+            (theta_{k+1} <= SHRINK_GAP theta_k), the new directions of G V_k alone (the top k
+            Ritz vectors' images: a block of k columns, at 2k instead of 2p multiply-adds per
+            element); restart from the top Ritz vectors when the basis would exceed
+            MAX_BASIS_COLUMNS columns
     then, per stopped member, the certificate (ops/svd_bound.py) from the fp32 data already
     at hand; only when that does not meet tol but its fp64 prediction does, or the estimate
     has stalled above tol (and a pass is left), one more pass in fp64 on G V (V the top
@@ -38,13 +42,15 @@ What the fields promise (all relative to sigma_1; for k = 1 the relative error o
   and Wozniakowski (1992, SIAM J. Matrix Anal. Appl. 13, Thm 4.2) bound, for Lanczos from a
   uniformly random start on a symmetric PSD n x n matrix after j steps,
       P(theta_1 < (1 - eps) lambda_1) <= 1.648 sqrt(n) exp(-sqrt(eps) (2 j - 1)).
-  The first column of a cold start is such a start and the basis after j passes contains its
-  j-dimensional Krylov space (before any restart), so with eps ~ 2 x the relative error of S_1:
-  at n = 4096 and 12 passes, S_1 is within 10% of sigma_1 except with probability <= 0.5%,
-  whatever the spectrum. The bound is loose; the gap-dependent rate (Chebyshev in
-  sqrt(gap), svd_krylov.py) is what makes the iteration fast, and it holds for every start
-  with a non-negligible component along v_1: a Gaussian start has |cos(x, v_1)| < d / sqrt(n)
-  with probability about d sqrt(2/pi) or less.
+  The first column of a cold start is such a start and, while the block stays wide, the basis
+  after j passes contains its j-dimensional Krylov space (before any restart), so with eps ~ 2 x
+  the relative error of S_1: at n = 4096 and 12 passes, S_1 is within 10% of sigma_1 except
+  with probability <= 0.5%, whatever the spectrum. The block stays wide exactly where such a
+  statement matters: while theta_2 > SHRINK_GAP theta_1 (k = 1), i.e. on clustered or flat
+  tops. Once it shrinks, the statement covers only the passes before, and the gap-dependent
+  rate (Chebyshev in sqrt(gap), svd_krylov.py) carries the rest; that rate is what makes the
+  iteration fast, and it holds for every start with a non-negligible component along v_1: a
+  Gaussian start has |cos(x, v_1)| < d / sqrt(n) with probability about d sqrt(2/pi) or less.
 - V, U: a member that stops on the estimate has max_i r_i / delta_i <= vector_tol (default
   tol), the estimated sine of the angle of each v_i to the true one (Davis-Kahan with the Ritz
   gap; u_i = dW v_i / S_i is closer still, its bulk components scaled by sigma_j / sigma_1).
@@ -89,6 +95,13 @@ CERTIFICATE_WIDTHS = (8, 16)
 # cannot lower the estimate there, the fp64 pass can.
 STALL = 2.0 ** -16
 _U32 = 2.0 ** -24
+# The block shrinks to k columns, the images of the top k Ritz vectors, from the pass after
+# the first WIDE_PASSES, once every member's theta_{k+1} <= SHRINK_GAP theta_k (the top k
+# Ritz values stand clear of the rest: sigma_k / sigma_{k+1} >~ 1.12). The wide block finds the
+# top directions and resolves clusters; past that, its extra columns cost multiply-adds (the
+# CPU's bound: default_block_size) and, on the bench's spikes, saved no pass.
+WIDE_PASSES = 3
+SHRINK_GAP = 0.8
 
 
 class DeltaSVD(NamedTuple):
@@ -126,20 +139,20 @@ class DeltaSVD(NamedTuple):
 
 def default_block_size(k: int, n: int, oversample: int | None) -> int:
     """p = k + oversample, capped at n; by default 4 for k = 1, else a multiple of 8 with
-    >= 4 extra columns.
+    >= 4 extra columns. The block shrinks to k columns after the first passes where the top
+    k Ritz values stand clear (WIDE_PASSES, SHRINK_GAP).
 
-    A pass does 2 p + 1 multiply-adds per element of dW (Y, Z and ||dW||_F^2). On the bench's
-    CPU (a 2-core AVX2 VM that sustains about 1.24 G 8-wide FMAs per second per core) a
-    4096 x 4096 bf16 pass of 1, 2, 3 and 4 columns took 5.2, 7.2, 8.5 and 9.0 ms: one column
-    reads memory at its speed (a plain a - b of the pair: 5.7 ms), from 3 on the FMAs bound it
-    (floor 7.6 ms for 4 columns; the kernel reaches about 84% of it). On the bench's spiked
-    spectra 4 columns need the passes of 8 or 16 for k = 1. One column (oversample=0,
-    single-vector Lanczos as in ARPACK/PROPACK) needs 0.1-1.4 more passes on average over 8
-    members (up to 3 more for one) and ran 5 of the bench's cases (4096 x 4096 and
-    4096 x 11008, B = 2) 12-34% faster on that CPU, but it is not the default: its estimate is cruder while the basis holds few Ritz
-    values (on two clustered values, sigma_2 = 0.99 sigma_1, after 2 passes it fell below the
-    true error), and on the concentrated case (2048 x 2048) asked for the values alone it
-    stopped on an estimate 3x below the true error, uncertified, where blocks of 4 certify.
+    A pass does 2 w + 1 multiply-adds per element of dW for a block of w columns (Y, Z and
+    ||dW||_F^2). On the bench's CPU (a 2-core AVX2 VM that sustains about 1.24 G 8-wide FMAs
+    per second per core) a 4096 x 4096 bf16 pass of 1, 2, 3 and 4 columns took 5.2, 7.2, 8.5
+    and 9.0 ms: one column reads memory at its speed (a plain a - b of the pair: 5.7 ms), from
+    3 on the FMAs bound it (floor 7.6 ms for 4 columns; the kernel reaches about 84% of it).
+    On the bench's spiked spectra 4 columns need the passes of 8 or 16 for k = 1; single
+    columns throughout (oversample=0, single-vector Lanczos as in ARPACK/PROPACK) need 0.1-1.4
+    more on average over 8 members, up to 3 more for one, and their estimate is cruder while
+    the basis holds few Ritz values (on two clustered values, sigma_2 = 0.99 sigma_1, after 2
+    passes it fell below the true error). Three passes of 4 columns, then single columns,
+    keep both the passes and the estimate of the wide block at the cost of the narrow one.
     """
     p = (4 if k == 1 else 8 * math.ceil((k + 4) / 8)) if oversample is None else k + oversample
     return min(p, n)
@@ -432,12 +445,21 @@ def _solve(after, before, k, tol, vector_tol, max_iters, oversample, seed, init,
             state, members, theta, coef = state.subset(go_on), members[go_on.cpu()], theta[go_on], coef[go_on]
             if members.numel() == 0:
                 break
-        block = state.next_block(step)
+        if it >= WIDE_PASSES and step >= k and _top_stands_clear(theta, k):
+            step = k
+            block = state.next_block(coef[:, :, :k].mT @ state.zt)         # G V_k: the Ritz residuals' span
+        else:
+            block = state.next_block(state.zt[:, -step:])                  # G P: block Lanczos
         if state.width + step > max(MAX_BASIS_COLUMNS, 2 * p):
             state.restart(coef[:, :, :max(KEEP_COLUMNS // p, 1) * p])
     for cert in certificates:
         _certify(after, before, cert, out, k, tol, m, backend, rows)
     return out.result()
+
+
+def _top_stands_clear(theta: torch.Tensor, k: int) -> bool:
+    """Whether every member's theta_{k+1} <= SHRINK_GAP theta_k (theta fp64 [b, K], descending)."""
+    return theta.shape[1] > k and bool((theta[:, k] <= SHRINK_GAP * theta[:, k - 1]).all())
 
 
 def _store_zero(out: _Outputs, members: torch.Tensor, block: torch.Tensor, k: int, tol: float, rows: Rows):

@@ -9,8 +9,11 @@ State of b members, all with the same number K of basis columns:
     H [b, K, K]  = Q^T Z (fp64), grown block by block, symmetric by construction
 A pass feeds the pending block P [b, n, w] (orthonormal, orthogonal to Q) and returns
 dW P, G P; they are appended. The next P is G P with Q's span removed twice (classical
-Gram-Schmidt, twice is enough) and orthonormalised. Since G Q lies in span(Q, P) in exact
-arithmetic, span(Q) after j passes is the block Krylov space K_j(G, X_0): the top Ritz
+Gram-Schmidt, twice is enough) and orthonormalised (``next_block``; ops/svd.py may instead
+pass G V_k, the images of the top k Ritz vectors, once they stand clear: their new directions
+are the Ritz residuals', the direction Krylov-Schur restarts extend along). With G P every
+pass, G Q lies in span(Q, P) in exact arithmetic and span(Q) after j passes is the block
+Krylov space K_j(G, X_0): the top Ritz
 value's error falls like T_{j-1}(1 + 2 gamma)^-2, gamma = (lambda_1 - lambda_{p+1}) /
 (lambda_{p+1} - lambda_n), i.e. by exp(-4 sqrt(gamma)) per pass on weak gaps where block
 subspace iteration gives (lambda_{p+1} / lambda_1)^2 (Saad, "Numerical Methods for Large
@@ -141,11 +144,12 @@ class Krylov:
         r = combine(self.zt, coef) - combine(self.qt, coef) * theta[:, None, :]
         return torch.linalg.vector_norm(r, dim=1)
 
-    def next_block(self, w: int) -> torch.Tensor:
-        """The next block to feed (fp32 [b, n, w]): the newest w images with span(Q) removed
-        (twice), orthonormalised, then once more against Q after the QR."""
+    def next_block(self, images: torch.Tensor) -> torch.Tensor:
+        """The next block to feed (fp32 [b, n, w]) from ``images`` (fp64 [b, w, n], transposed:
+        G applied to vectors of span(Q), over scale): span(Q) removed (twice), orthonormalised,
+        then once more against Q after the QR."""
         qt = self.qt
-        new = self.zt[:, -w:]                                                # transposed: [b, w, n]
+        new = images
         for _ in range(2):
             new = new - (qt @ new.mT).mT @ qt
         new = orthonormal(new.mT).mT.contiguous()
