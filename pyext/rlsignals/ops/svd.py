@@ -428,7 +428,7 @@ def _solve(after, before, k, tol, vector_tol, max_iters, oversample, seed, init,
             break
         state.append(block, y, z, pass_rounding(m, n, block.shape[2], torch.float32))
         theta, coef = state.ritz()
-        resid = state.residuals(coef[:, :, :k], theta[:, :k])
+        resid, ritz_images = state.residuals(coef[:, :, :k], theta[:, :k])
         estimate, vector, rel_resid = ritz_estimates(theta, resid, k)
         step = min(p, n - state.width)
         done = ((estimate <= tol) & (vector <= vector_tol)) | (rel_resid <= STALL)
@@ -450,11 +450,12 @@ def _solve(after, before, k, tol, vector_tol, max_iters, oversample, seed, init,
                 certificates.append(cert)
             go_on = ~done
             state, members, theta, coef = state.subset(go_on), members[go_on.cpu()], theta[go_on], coef[go_on]
+            ritz_images = ritz_images[go_on]
             if members.numel() == 0:
                 break
         if it >= WIDE_PASSES and step >= k and _top_stands_clear(theta, k):
             step = k
-            block = state.next_block(coef[:, :, :k].mT @ state.zt)         # G V_k: the Ritz residuals' span
+            block = state.next_block(ritz_images)                           # G V_k: the Ritz residuals' span
         else:
             block = state.next_block(state.zt[:, -step:])                  # G P: block Lanczos
         if state.width + step > max(MAX_BASIS_COLUMNS, 2 * p):

@@ -139,10 +139,12 @@ class Krylov:
         theta, coef = torch.linalg.eigh(self.h)
         return theta.flip(1), coef.flip(2)
 
-    def residuals(self, coef: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """||Z c_i - Q c_i theta_i|| for the given columns c_i of C (fp64 [b, j])."""
-        r = combine(self.zt, coef) - combine(self.qt, coef) * theta[:, None, :]
-        return torch.linalg.vector_norm(r, dim=1)
+    def residuals(self, coef: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the given columns c_i of C: ||Z c_i - Q c_i theta_i|| (fp64 [b, j]) and the images
+        Z c_i, transposed (fp64 [b, j, n]: what ``next_block`` takes to extend along them)."""
+        images = combine(self.zt, coef)
+        r = images - combine(self.qt, coef) * theta[:, None, :]
+        return torch.linalg.vector_norm(r, dim=1), images.mT
 
     def next_block(self, images: torch.Tensor) -> torch.Tensor:
         """The next block to feed (fp32 [b, n, w]) from ``images`` (fp64 [b, w, n], transposed:
