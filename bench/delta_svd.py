@@ -62,6 +62,7 @@ import torch
 from common import print_table, time_call, write_results
 
 import rlsignals
+from rlsignals.ops.svd_estimate import ROUNDING_FLOOR as FLOOR  # err_estimate's fp32 rounding floor
 
 ALL_FAMILIES = ["mp1-3", "mp1-1.5", "mp1-1.2", "mp3-1.5", "mp3-1.2", "geo30-1.2", "subulp", "concentrated"]
 # (shape, stack size B) cells and families per mode; the CPU's full mode takes B = 8 on the
@@ -75,7 +76,6 @@ MODES = {
 }
 REALISTIC = ("mp1", "mp3", "subulp")  # spike(s) over a noise bulk; the others are friendly
 TARGET = 1e-4
-FLOOR = 2.0 ** -24  # err_estimate's fp32 rounding floor (ops/svd_estimate.py)
 ULP = 2.0 ** -8 * 0.02  # a bf16 ULP of a weight of about 0.02 (mantissa 8 bits incl. the hidden one)
 LOWRANK_NITERS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
 SKLEARN_NITERS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]

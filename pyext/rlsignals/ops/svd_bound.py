@@ -40,8 +40,7 @@ from __future__ import annotations
 
 import torch
 
-# Relative slack on fp64 spectral norms and square roots taken here (their rounding).
-_FP64_SLACK = 1e-12
+from rlsignals.ops.svd_rounding import FP64_SLACK
 
 
 def _root_above(t: torch.Tensor, c: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -66,12 +65,12 @@ def eigenvalue_bounds(theta: torch.Tensor, rtr: torch.Tensor, vtr: torch.Tensor,
     lead = inside[:, :, None] & inside[:, None, :]                         # leading j x j blocks
     # 2-norm of R_j: top eigenvalue of its Gram, zero-padded to p x p (same top eigenvalue).
     top = torch.linalg.eigvalsh(rtr[:, None] * lead).amax(-1).clamp_min(0)            # [b, J]
-    e = (torch.sqrt(top) * (1 + _FP64_SLACK) + margin[:, None]).clamp_min(0)
+    e = (torch.sqrt(top) * (1 + FP64_SLACK) + margin[:, None]).clamp_min(0)
     fro = torch.sqrt((vtr.square()[:, None] * lead).sum((-2, -1)))                   # >= ||V_j^T R_j||_2
-    s = (fro * (1 + _FP64_SLACK) + margin[:, None]).clamp_min(0)
+    s = (fro * (1 + FP64_SLACK) + margin[:, None]).clamp_min(0)
     c = (frob2[:, None] - theta.cumsum(1)[:, j - 1] + j * s).clamp_min(0)
     x = _root_above(theta[:, None, :k] + s[..., None], c[..., None], e[..., None])   # [b, J, k]
-    hi = torch.minimum(x.amin(1) * (1 + _FP64_SLACK), frob2[:, None])
+    hi = torch.minimum(x.amin(1) * (1 + FP64_SLACK), frob2[:, None])
     lo = (theta[:, :k] - s[:, :1]).clamp_min(0)
     return lo, hi
 
@@ -84,6 +83,6 @@ def relative_error_bound(s_hat: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor
     """
     sigma_lo, sigma_hi = lo.sqrt(), hi.sqrt()
     worst = torch.maximum(sigma_hi - s_hat, s_hat - sigma_lo).amax(1).clamp_min(0)
-    err = worst / sigma_lo[:, 0] * (1 + _FP64_SLACK)
+    err = worst / sigma_lo[:, 0] * (1 + FP64_SLACK)
     zero = (hi[:, 0] == 0) & (s_hat.abs().amax(1) == 0)
     return torch.where(zero, torch.zeros_like(err), torch.nan_to_num(err, nan=torch.inf))

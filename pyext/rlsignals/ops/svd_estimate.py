@@ -32,9 +32,10 @@ from typing import NamedTuple
 
 import torch
 
-# Relative rounding of an fp32-accumulated Ritz value (a few fp32 ulps): the floor of
-# every estimate; the returned S is fp32 anyway, so its own rounding is 2^-24 alone.
-ROUNDING_FLOOR = 2.0 ** -24
+from rlsignals.ops.svd_rounding import U32
+
+# The floor of every estimate: the returned S is fp32, so its own rounding is U32 alone.
+ROUNDING_FLOOR = U32
 
 
 def singular_errors(theta: torch.Tensor, lam_err: torch.Tensor) -> torch.Tensor:

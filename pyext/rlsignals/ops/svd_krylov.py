@@ -25,7 +25,7 @@ orthogonal to the new one, so the kept space extends as a Krylov-Schur decomposi
 
 Rounding (for the honest bound of ops/svd.py): ``err`` [b] tracks an upper bound on
 ||Z - G Q / scale||_2 in units of ||dW||_F^2 / scale, from each pass's rounding contract
-(ops/delta_products.py) and the restarts (orthonormal C_r: the bound carries over).
+(ops/delta_products.py, ops/svd_rounding.py) and the restarts (orthonormal C_r: the bound carries over).
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ import math
 
 import torch
 
-_U32 = 2.0 ** -24
-# Slack on the fp64 2-norm of an orthonormal restart matrix (its rounding).
-_ORTHO_SLACK = 1e-12
+from rlsignals.ops.svd_rounding import ORTHO_SLACK, U64
 
 
 def combine(rows: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
@@ -46,19 +44,11 @@ def combine(rows: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
 
 
 def orthonormal(x: torch.Tensor) -> torch.Tensor:
-    """Q of the thin QR of each member of x [b, n, w], one LAPACK call per member (torch's
-    batched QR of tall thin blocks is about 4x slower on the CPU)."""
+    """Q of the thin QR of each member of x [b, n, w], one LAPACK call per member (on the CPU
+    torch's batched QR of tall thin blocks is slower than a loop of these calls)."""
     if x.shape[0] == 0:
         return torch.linalg.qr(x).Q
     return torch.stack([torch.linalg.qr(member).Q for member in x])
-
-
-def pass_rounding(m: int, n: int, w: int, dtype: torch.dtype) -> float:
-    """Bound on ||fl(G P) - G P||_2 / ||dW||_F^2 per unit of ||P||_F for a pass in ``dtype``:
-    each entry of Y and Z is a sum of n resp. m products in any order, and D is rounded
-    once, so |error| <= (gamma_n + gamma_m + 3u) |dW|^T |dW| |P| entrywise (generous constants)."""
-    u = torch.finfo(dtype).eps / 2
-    return (4 * (m + n + w) + 64) * u
 
 
 class Krylov:
@@ -166,7 +156,7 @@ class Krylov:
         self.width = r
         h = coef.mT @ self.h @ coef
         self.h = (h + h.mT) / 2
-        self.err = self.err * (1 + _ORTHO_SLACK)
+        self.err = self.err * (1 + ORTHO_SLACK)
 
 
 def ritz_block(state: Krylov, coef: torch.Tensor, theta: torch.Tensor):
@@ -179,9 +169,8 @@ def ritz_block(state: Krylov, coef: torch.Tensor, theta: torch.Tensor):
     n, w = vecs.shape[1], coef.shape[2]
     eye = torch.eye(w, dtype=torch.float64, device=coef.device)
     orth_err = torch.linalg.matrix_norm(vecs.mT @ vecs - eye)
-    coef_norm = torch.linalg.matrix_norm(coef, ord=2) * (1 + _ORTHO_SLACK)
-    u64 = 2.0 ** -53
+    coef_norm = torch.linalg.matrix_norm(coef, ord=2) * (1 + ORTHO_SLACK)
     k_cols = state.width
-    margin = (state.err * coef_norm + math.sqrt(w) * (k_cols + n + 64) * u64 * coef_norm
-              + 2 * (orth_err + (n + w) * u64))
+    margin = (state.err * coef_norm + math.sqrt(w) * (k_cols + n + 64) * U64 * coef_norm
+              + 2 * (orth_err + (n + w) * U64))
     return vecs, resid.mT @ resid, vecs.mT @ resid, margin
