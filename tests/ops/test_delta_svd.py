@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 import torch
+from helpers.devices import backend_device
 from helpers.planted import exact_delta, gap_spectrum, planted_delta, spiked_bulk, true_errors, weight_pair
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -368,18 +369,74 @@ def test_non_finite_member_is_isolated(bad_value):
 
 def test_extreme_scales_stay_per_member():
     """Each member is scaled before the small-matrix algebra: sigma_1 ~ 1e10 solves like
-    sigma_1 ~ 1; a member whose products overflow fp32 is flagged, the others unaffected."""
+    sigma_1 ~ 1, and a member whose products would overflow fp32 (sigma_1 ~ 1e30) is solved on
+    a copy scaled by a power of two, its bound honest; the others are unaffected."""
     base = planted_delta(40, 30, gap_spectrum(0.5), noise=0.05, seed=1)
     stack = torch.stack([base, 1e10 * base, 1e30 * base]).float()
     out = solve(stack, k=2)
-    assert out.nonfinite.tolist() == [False, False, True]
-    assert torch.isnan(out.S[2]).all() and torch.isnan(out.err_estimate[2]) and not out.certified[2]
-    assert out.certified[:2].all()
-    assert_close(out.S[1].double() / 1e10, out.S[0].double(), rtol=1e-5, atol=0)
-    for b in range(2):
+    assert not out.nonfinite.any() and out.certified.all()
+    for b, scale in ((1, 1e10), (2, 1e30)):
+        assert_close(out.S[b].double() / scale, out.S[0].double(), rtol=1e-5, atol=0)
+        assert_close(out.V[b], out.V[0], atol=1e-5, rtol=0)
+    for b in range(3):
         assert_honest(DeltaSVDMember(out, b), stack[b], None, 2)
     alone = solve(stack[:1], k=2)
     assert torch.equal(alone.S[0], out.S[0]) and torch.equal(alone.V[0], out.V[0])
+
+
+# every scale an update can have: fp32's smallest subnormal, its smallest normal, then decades
+SCALES = [2.0 ** -149, 2.0 ** -140, 2.0 ** -126] + [10.0 ** e for e in range(-38, 31, 2)] + [1e36]
+
+
+def scaled_pairs(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """[len(SCALES) + 1, 64, 16] (after, before): weights of each scale s, an update of s / 10
+    (rank one plus 30% noise), and a last member whose update is zero."""
+    afters, befores = [], []
+    for i, s in enumerate(SCALES):
+        gen = torch.Generator().manual_seed(i)
+        before = torch.randn(64, 16, generator=gen, dtype=torch.float64) * s
+        spike = torch.outer(torch.randn(64, generator=gen, dtype=torch.float64),
+                            torch.randn(16, generator=gen, dtype=torch.float64))
+        update = (spike + 0.3 * torch.randn(64, 16, generator=gen, dtype=torch.float64)) * (s / 10)
+        afters.append((before + update).to(dtype))
+        befores.append(before.to(dtype))
+    afters.append(befores[5].clone())
+    befores.append(befores[5].clone())
+    return torch.stack(afters), torch.stack(befores)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the 1e36 member's first pass
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_scale_is_solved_or_flagged_never_certified_wrongly(backend, dtype):
+    """Updates from fp32's smallest subnormal to 1e36 (squares far outside fp32's range):
+    err_bound is never below the true error, a certified member meets tol, zero updates are
+    exact, and every update of a normal scale is solved to tol, on every backend."""
+    after, before = scaled_pairs(dtype)
+    device = backend_device(backend)
+    out = rlsignals.delta_svd(after.to(device), before.to(device), backend=backend)
+    out = type(out)(*(t.cpu() for t in out))
+    exact = torch.linalg.svdvals(exact_delta(after, before))[:, 0]
+    assert not out.nonfinite.any()
+    zero = exact == 0
+    assert zero[-1] and (out.S[zero] == 0).all() and (out.err_bound[zero] == 0).all() and out.certified[zero].all()
+    err = (out.S[~zero, 0].double() - exact[~zero]).abs() / exact[~zero]
+    assert bool((err <= out.err_bound[~zero].double()).all()), (err, out.err_bound[~zero])
+    assert bool((err[out.certified[~zero]] <= TOL).all())
+    normal = (exact > 1e-30) & ~zero  # S far inside fp32's normal range
+    assert out.certified[normal].all() and (out.err_estimate[normal] <= TOL).all()
+    assert_close(out.frob[normal].double(), torch.linalg.matrix_norm(exact_delta(after, before))[normal],
+                 rtol=1e-5, atol=0)
+
+
+def test_an_update_far_below_the_weights_scale_is_not_taken_for_zero():
+    """The reported case: weights of 1e-25 and an update of 1e-26, whose squares underflow fp32."""
+    gen = torch.Generator().manual_seed(0)
+    before = torch.randn(64, 16, generator=gen) * 1e-25
+    after = before + torch.outer(torch.randn(64, generator=gen), torch.randn(16, generator=gen)) * 1e-26
+    out = solve(after, before)
+    sigma = float(torch.linalg.svdvals(exact_delta(after, before))[0])
+    assert out.S[0].item() == pytest.approx(sigma, rel=TOL) and out.frob > 0 and out.certified
+    assert_honest(out, after, before, 1)
 
 
 def DeltaSVDMember(out, b):  # noqa: N802 - reads like the result type it stands for
@@ -484,11 +541,15 @@ SHARDED_SCRIPT = textwrap.dedent("""
 
 def test_sharded_rows_over_two_gloo_ranks_equal_one_process(tmp_path):
     """Each rank passes its slab of rows; Z and frob2 are all-reduced per pass, so both ranks
-    get the single-process S, V and err fields (to fp32 reduction order) and their slab of U."""
+    get the single-process S, V and err fields (to fp32 reduction order) and their slab of U,
+    also for an update too small for fp32 passes (solved scaled, the scale agreed by the ranks)."""
     import socket
 
     deltas = [spiked_bulk(90, 70, 2.0, seed=1), planted_delta(90, 70, gap_spectrum(0.5), noise=0.05, seed=2)]
     after, before = weight_pair(torch.stack(deltas), torch.float32)
+    tiny = 1e-25 * torch.randn(1, 90, 70, generator=torch.Generator().manual_seed(3))
+    after = torch.cat([after, tiny + 1e-26 * planted_delta(90, 70, gap_spectrum(0.5), seed=4).float()[None]])
+    before = torch.cat([before, tiny])
     torch.save((after, before), tmp_path / "pair.pt")
     script = tmp_path / "sharded.py"
     script.write_text(SHARDED_SCRIPT)
@@ -497,6 +558,7 @@ def test_sharded_rows_over_two_gloo_ranks_equal_one_process(tmp_path):
         port = sock.getsockname()[1]
     subprocess.run([sys.executable, str(script), str(tmp_path / "pair.pt"), str(port)], check=True, timeout=300)
     whole = solve(after, before, k=2)
+    assert whole.certified[2] and whole.S[2, 0] > 0
     ranks = [torch.load(tmp_path / f"pair.pt.rank{r}") for r in range(2)]
     for got in ranks:
         assert_close(got["S"], whole.S, rtol=1e-5, atol=0)

@@ -5,7 +5,9 @@ Algorithm (per batch member, all members advanced together; a member that has co
 leaves the batch):
 
     X_0 = orthonormal basis of [init | Gaussian columns]            [n, p], p = k + oversample
-    repeat (one pass over after/before each, fp32 accumulation):
+    repeat (one pass over after/before each, fp32 accumulation; after the first, a member whose
+    ||dW||_F^2 lies outside the range where fp32 passes are safe is set aside: it is exactly
+    zero, or solved afterwards as 2^e dW on a scaled copy, ops/svd_scale.py):
         Y, Z = dW P, dW^T (dW P)            fused product of the pending block P (ops/delta_products.py)
         append P, Y, Z to the block Krylov basis (ops/svd_krylov.py); Rayleigh-Ritz on it
         residuals r_i = ||G v_i - theta_i v_i|| of the top k Ritz pairs -> err_estimate
@@ -74,6 +76,7 @@ import math
 import numpy as np
 import torch
 
+from rlsignals.ops import svd_scale
 from rlsignals.ops.backends import resolve_backend
 from rlsignals.ops.svd_certify import (
     CERTIFICATE_WIDTHS,
@@ -193,31 +196,71 @@ def delta_svd(after: torch.Tensor, before: torch.Tensor | None = None, k: int = 
 
 def _solve(after: torch.Tensor, before: torch.Tensor | None, init: torch.Tensor | None, seed: int,
            settings: Settings) -> DeltaSVD:
-    """The iteration of the module docstring over every member of the batch."""
+    """Every member of the batch through ``_iterate``; those outside fp32's safe range again,
+    scaled by a power of two (ops/svd_scale.py)."""
     num, m_local, n = after.shape
-    device = after.device
-    k, p, tol, max_iters, rows = settings.k, settings.p, settings.tol, settings.max_iters, settings.rows
-    out = Outputs(num, m_local, n, settings, device)
+    out = Outputs(num, m_local, n, settings, after.device)
     if num == 0:
         return out.result()
-    block = start_basis(n, p, seed, range(num), init, device)
-    members = torch.arange(num)
+    block = start_basis(n, settings.p, seed, range(num), init, after.device)
+    rescale = _iterate(after, before, block, torch.arange(num), out)
+    if rescale.numel():
+        exponent = svd_scale.exponents(svd_scale.max_abs_delta(after, before, rescale, settings.rows))
+        scaled_after, scaled_before = svd_scale.scaled_operands(after, before, rescale, exponent)
+        part = Outputs(rescale.numel(), m_local, n, settings, after.device,
+                       unit=torch.ldexp(torch.ones(rescale.numel(), dtype=torch.float64), -exponent))
+        block = start_basis(n, settings.p, seed, rescale.tolist(), None if init is None else init[rescale],
+                            after.device)
+        _iterate(scaled_after, scaled_before, block, torch.arange(rescale.numel()), part)
+        out.take(rescale, part)
+    return out.result()
+
+
+def _first_pass(after, before, members: torch.Tensor, frob2: torch.Tensor, finite: torch.Tensor,
+                rows: Rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """After the first pass: bool [b] (CPU) masks of the members whose dW is exactly zero, of
+    those to solve again scaled (outside fp32's safe range, or overflowed with finite inputs:
+    ops/svd_scale.py), and of those with non-finite inputs."""
+    frob2 = frob2.cpu()
+    outside = finite & svd_scale.out_of_range(frob2)
+    zero = torch.zeros_like(finite)
+    if bool(outside.any()):
+        zero[outside] = svd_scale.max_abs_delta(after, before, members[outside], rows) == 0
+    nonfinite = ~finite
+    if bool(nonfinite.any()):
+        nonfinite[nonfinite.clone()] = ~svd_scale.inputs_finite(after, before, members[nonfinite], rows)
+    return zero, (outside & ~zero) | (~finite & ~nonfinite), nonfinite
+
+
+def _iterate(after: torch.Tensor, before: torch.Tensor | None, block: torch.Tensor, members: torch.Tensor,
+             out: Outputs) -> torch.Tensor:
+    """The iteration of the module docstring for ``members`` (int64 [b], CPU; indices into
+    after, before and ``out``) from their start ``block`` [b, n, p]; results into ``out``.
+    Returns the members (int64, CPU) left to be solved scaled (``_first_pass``)."""
+    _, m_local, n = after.shape
+    device = after.device
+    settings = out.settings
+    k, p, tol, max_iters, rows = settings.k, settings.p, settings.tol, settings.max_iters, settings.rows
     state: Krylov | None = None
     certificates: list[Certificate] = []
+    rescale = members[:0]
     for it in range(1, max_iters + 1):
         y, z, frob2, finite = rows.product(after, before, block, members, settings.backend)
         out.iters[members] += 1
-        fin = finite.to(device)
-        if not bool(finite.all()):
-            out.nonfinite[members[~finite]] = True
-            members, block, y, z, frob2 = members[finite], block[fin], y[fin], z[fin], frob2[fin]
         if state is None:
-            zero = frob2 == 0
+            zero, scaled, nonfinite = _first_pass(after, before, members, frob2, finite, rows)
+            out.nonfinite[members[nonfinite]] = True
             if bool(zero.any()):
-                out.store_zero(members[zero.cpu()], block[zero])
-            members, block, y, z, frob2 = (t[~zero] for t in (members, block, y, z, frob2))
+                out.store_zero(members[zero], block[zero.to(device)])
+            rescale = members[scaled]
+            keep = (~(zero | scaled | nonfinite)).to(device)
+            members, block, y, z, frob2 = members[keep.cpu()], block[keep], y[keep], z[keep], frob2[keep]
             state = Krylov(frob2, n, m_local, device, capacity=16 * p)
         else:
+            fin = finite.to(device)
+            if not bool(finite.all()):
+                out.nonfinite[members[~finite]] = True
+                members, block, y, z, frob2 = members[finite], block[fin], y[fin], z[fin], frob2[fin]
             state = state.subset(fin)
         if members.numel() == 0:
             break
@@ -232,7 +275,8 @@ def _solve(after: torch.Tensor, before: torch.Tensor | None, init: torch.Tensor 
         if bool(check.any()):
             check &= certificate_in_reach(theta, tol)
         if bool(check.any()):
-            done[check] = predicted_to_certify(state.subset(check), theta[check], coef[check], settings)
+            unit = out.unit[members.to(out.unit.device)][check]
+            done[check] = predicted_to_certify(state.subset(check), theta[check], coef[check], unit, settings)
         if it == max_iters or step == 0:
             done = torch.ones_like(done)
         if bool(done.any()):
@@ -255,7 +299,7 @@ def _solve(after: torch.Tensor, before: torch.Tensor | None, init: torch.Tensor 
             state.restart(coef[:, :, :max(KEEP_COLUMNS // p, 1) * p])
     for cert in certificates:
         certify(after, before, cert, out)
-    return out.result()
+    return rescale
 
 
 def _top_stands_clear(theta: torch.Tensor, k: int) -> bool:

@@ -40,10 +40,18 @@ def _bound_from(theta, rtr, vtr, margin, frob2, s_hat, k):
     return relative_error_bound(s_hat, lo, hi)
 
 
-def fp32_certificates(state: Krylov, theta: torch.Tensor, coef: torch.Tensor, settings: Settings, *,
-                      certified: bool = True, wide: bool = True):
-    """From the fp32 data at hand: the top Ritz vectors V (fp64 [b, n, w], w = min(K,
-    max(CERTIFICATE_RITZ, p)), or min(K, p) unless ``wide``), the certified bound on them
+def _s_hat(theta: torch.Tensor, scale: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """The returned S (sqrt(theta scale) unit, rounded to fp32) in units of sqrt(scale):
+    fp64 [b, k], what the bound is taken on (theta fp64 [b, k]; scale, unit fp64 [b])."""
+    s32 = (torch.sqrt(theta.clamp_min(0) * scale[:, None]) * unit[:, None]).float()
+    return s32.double() / unit[:, None] / scale.sqrt()[:, None]
+
+
+def fp32_certificates(state: Krylov, theta: torch.Tensor, coef: torch.Tensor, unit: torch.Tensor,
+                      settings: Settings, *, certified: bool = True, wide: bool = True):
+    """From the fp32 data at hand (``unit``: fp64 [b], Outputs.unit of the members): the top
+    Ritz vectors V (fp64 [b, n, w], w = min(K, max(CERTIFICATE_RITZ, p)), or min(K, p) unless
+    ``wide``), the certified bound on them
     (None unless ``certified``), and {width: the bound an fp64 pass on the first ``width`` of
     them is predicted to give} (the typical fp32 rounding taken off the residuals and frob2,
     as ops/svd_bound.py describes for a negative margin)."""
@@ -55,8 +63,7 @@ def fp32_certificates(state: Krylov, theta: torch.Tensor, coef: torch.Tensor, se
         w = min(state.width, max(CERTIFICATE_WIDTHS))
     vecs, rtr, vtr, margin = ritz_block(state, coef[:, :, :w], theta[:, :w])
     frob2 = 1 + (n + m + 4) * 1.01 * U32                      # >= ||dW||_F^2 / scale (fp32 pass)
-    s32 = torch.sqrt(theta[:, :k].clamp_min(0) * state.scale[:, None]).float()
-    s_hat = s32.double() / state.scale.sqrt()[:, None]
+    s_hat = _s_hat(theta[:, :k], state.scale, unit)
     full = torch.full_like(state.scale, frob2)
     bound = _bound_from(theta[:, :w], rtr, vtr, margin * frob2, full, s_hat, k) if certified else None
     predicted = {}
@@ -81,10 +88,10 @@ def certificate_in_reach(theta: torch.Tensor, tol: float) -> torch.Tensor:
     return lowest_hi <= theta[:, 0] * (1 + 2 * tol) ** 2
 
 
-def predicted_to_certify(state: Krylov, theta: torch.Tensor, coef: torch.Tensor, settings: Settings
-                         ) -> torch.Tensor:
+def predicted_to_certify(state: Krylov, theta: torch.Tensor, coef: torch.Tensor, unit: torch.Tensor,
+                         settings: Settings) -> torch.Tensor:
     """bool [b]: whether an fp64 pass on some width of CERTIFICATE_WIDTHS is predicted to meet tol."""
-    _, _, predicted = fp32_certificates(state, theta, coef, settings, certified=False)
+    _, _, predicted = fp32_certificates(state, theta, coef, unit, settings, certified=False)
     return torch.stack(list(predicted.values())).amin(0) <= settings.tol
 
 
@@ -96,7 +103,8 @@ def conclude(state: Krylov, members: torch.Tensor, theta: torch.Tensor, coef: to
     k, p, tol = settings.k, settings.p, settings.tol
     # a certificate out of reach needs only the honest (loose) bound: from the first p Ritz vectors
     wide = bool(certificate_in_reach(theta, tol).any())
-    vecs, bound, predicted = fp32_certificates(state, theta, coef, settings, wide=wide)
+    unit = out.unit[members.to(out.unit.device)]
+    vecs, bound, predicted = fp32_certificates(state, theta, coef, unit, settings, wide=wide)
     w = vecs.shape[2]
     # the narrowest width predicted to certify; the whole block where the estimate has not
     # met tol (fp32 stalled: the fp64 pass refines) and no width is predicted to certify
@@ -145,8 +153,7 @@ def certify(after: torch.Tensor, before: torch.Tensor | None, cert: Certificate,
     margin = math.sqrt(w) * pass_rounding(m, n, w, torch.float64) + 2 * (orth_err + (n + w) * U64)
     f2 = 1 + (n + m + 4) * U64
     margin = margin * f2
-    s32 = torch.sqrt(theta[:, :k].clamp_min(0) * frob2[:, None]).float()
-    s_hat = s32.double() / frob2.sqrt()[:, None]
+    s_hat = _s_hat(theta[:, :k], frob2, out.unit[cert.members[finite].to(out.unit.device)])
     rtr, vtr = resid.mT @ resid, vecs.mT @ resid
     bound = _bound_from(theta, rtr, vtr, margin, torch.full_like(frob2, f2), s_hat, k)
     estimate = ritz_estimates(theta, torch.linalg.vector_norm(resid[:, :, :k], dim=1), k).value

@@ -22,10 +22,12 @@ class DeltaSVD(NamedTuple):
         docstring; 0 for a zero delta, inf when sigma_1 could not be bounded away from 0,
         as on dense spectra that stop without the fp64 pass: the fp32 rounding margin
         (ops/svd_rounding.py, about 4 (m + n) 2^-24 ||dW||_F^2) then exceeds sigma_1^2).
-    iters: int64 [B], passes over the inputs (products) this member took, the fp64 one included.
-    nonfinite: bool [B], True where the delta has a NaN/inf entry or overflows fp32 in the
-        products; that member's S, U, V, frob, err_bound, err_estimate and basis are NaN,
-        certified is False, and the others are unaffected.
+    iters: int64 [B], passes over the inputs (products) this member took, the fp64 one included
+        (and, for a member solved scaled, the first pass that found it out of range).
+    nonfinite: bool [B], True where after or before has a NaN/inf entry; that member's S, U,
+        V, frob, err_bound, err_estimate and basis are NaN, certified is False, and the others
+        are unaffected. (A finite update too large or too small for fp32 passes is solved
+        scaled by a power of two: ops/svd_scale.py.)
     basis: fp32 [B, n, p], the top p Ritz vectors (V its first k columns). Pass it as
         ``init`` for the next checkpoint of the same module.
     err_estimate: fp32 [B], a-posteriori estimate of max_i |S_i - sigma_i| / sigma_1 (the
@@ -63,9 +65,12 @@ def _fix_signs(u: torch.Tensor, v: torch.Tensor, rows: Rows) -> tuple[torch.Tens
 class Outputs:
     """Results being filled in, member by member, as members finish; NaN until then."""
 
-    def __init__(self, num: int, m: int, n: int, settings: Settings, device: torch.device):
+    def __init__(self, num: int, m: int, n: int, settings: Settings, device: torch.device,
+                 unit: torch.Tensor | None = None):
+        """``unit``: fp64 [num], 2^-e for members solved as 2^e dW (ops/svd_scale.py), else 1."""
         nan, k = math.nan, settings.k
         self.settings = settings
+        self.unit = torch.ones(num, dtype=torch.float64, device=device) if unit is None else unit.to(device)
         self.S = torch.full((num, k), nan, device=device)
         self.U = torch.full((num, m, k), nan, device=device)
         self.V = torch.full((num, n, k), nan, device=device)
@@ -81,17 +86,23 @@ class Outputs:
               vecs: torch.Tensor, bound: torch.Tensor, estimate: torch.Tensor, basis: torch.Tensor) -> None:
         """Results of finished members. scale: fp64 [b] the pass's ||dW||_F^2; theta: fp64
         [b, k] Ritz values / scale; left: fp64 [b, m_r, k] dW V (this rank's rows); vecs:
-        [b, n, k] V; bound, estimate: fp64 [b]; basis: [b, n, p]."""
+        [b, n, k] V; bound, estimate: fp64 [b]; basis: [b, n, p]. S and frob are scaled back
+        by ``unit``; the estimate is raised to the rounding of S to fp32 where that is larger
+        (S subnormal: the bound accounts for it by taking the rounded S, ops/svd_certify.py)."""
         at = members.to(self.S.device)
         rows = self.settings.rows
-        s = torch.sqrt(theta.clamp_min(0) * scale[:, None]).float()
+        unit = self.unit[at]
+        exact = torch.sqrt(theta.clamp_min(0) * scale[:, None]) * unit[:, None]
+        s = exact.float()
+        top = exact[:, 0]
+        rounding = (s.double() - exact).abs().amax(1) / torch.where(top > 0, top, 1)
         norms = rows.sum(left.square().sum(1)).sqrt()[:, None, :]
         u = torch.where(norms > 0, left / torch.where(norms > 0, norms, 1), 0)
         u, v = _fix_signs(u, vecs.double(), rows)
         err = _round_up(bound)
         self.S[at], self.U[at], self.V[at] = s, u.float(), v.float()
-        self.frob[at] = scale.sqrt().float()
-        self.err_bound[at], self.err_estimate[at] = err, _round_up(estimate)
+        self.frob[at] = (scale.sqrt() * unit).float()
+        self.err_bound[at], self.err_estimate[at] = err, _round_up(torch.maximum(estimate, rounding))
         self.certified[at] = err <= self.settings.tol
         self.basis[at] = basis.float()
 
@@ -102,6 +113,15 @@ class Outputs:
         left = torch.zeros(b, self.U.shape[1], k, dtype=torch.float64, device=block.device)
         self.store(members, zeros, torch.zeros(b, k, dtype=torch.float64, device=block.device), left,
                    block[:, :, :k], zeros, zeros, block)
+
+    def take(self, members: torch.Tensor, other: Outputs) -> None:
+        """The results of ``other`` (a solve of these members alone, e.g. rescaled) as theirs;
+        its passes are added to those these members have taken here."""
+        at = members.to(self.S.device)
+        for name in ("S", "U", "V", "frob", "err_bound", "err_estimate", "certified", "basis"):
+            getattr(self, name)[at] = getattr(other, name)
+        self.iters[members] += other.iters
+        self.nonfinite[members] = other.nonfinite
 
     def result(self) -> DeltaSVD:
         device = self.S.device

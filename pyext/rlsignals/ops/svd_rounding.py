@@ -21,6 +21,8 @@ ORTHO_SLACK = 1e-12
 def pass_rounding(m: int, n: int, w: int, dtype: torch.dtype) -> float:
     """Bound on ||fl(G P) - G P||_2 / ||dW||_F^2 per unit of ||P||_F for a pass in ``dtype``:
     each entry of Y and Z is a sum of n resp. m products in any order, and D is rounded
-    once, so |error| <= (gamma_n + gamma_m + 3u) |dW|^T |dW| |P| entrywise (generous constants)."""
+    once, so |error| <= (gamma_n + gamma_m + 3u) |dW|^T |dW| |P| entrywise (generous constants).
+    Underflow adds an absolute error that delta_svd keeps far inside the "+ 64" by solving any
+    dW outside fp32's safe range on a copy scaled by a power of two (ops/svd_scale.py)."""
     u = torch.finfo(dtype).eps / 2
     return (4 * (m + n + w) + 64) * u

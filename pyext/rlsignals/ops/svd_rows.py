@@ -34,6 +34,14 @@ class Rows:
             dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         return t
 
+    def max(self, t: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum of ``t`` over the ranks (in place; returned)."""
+        if self.group is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return t
+
     def product(self, after, before, x, members, backend):
         """delta_products over all rows: (Y of this slab, Z, frob2, finite [b] bool on the CPU).
 
