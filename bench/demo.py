@@ -21,7 +21,7 @@ import torch
 from common import RESULTS_DIR, device_tag, readme_row, write_results
 
 from rlsignals.demo.run import DemoConfig, run_demo
-from rlsignals.demo.stats import Estimate
+from rlsignals.stats import Estimate
 
 BUDGET_S = 600.0
 

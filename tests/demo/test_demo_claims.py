@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlsignals.demo.claims import CANNOT_TELL, DOES_NOT, HOLDS, build_claims, format_claims, headroom_rows, verdict
-from rlsignals.demo.stats import Estimate
+from rlsignals.stats import Estimate
 
 
 @pytest.mark.parametrize("est, side, expected", [

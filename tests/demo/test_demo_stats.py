@@ -8,7 +8,7 @@ from math import comb
 import numpy as np
 import pytest
 
-from rlsignals.demo import stats
+from rlsignals import stats
 
 
 def _coverage(draw, truth, interval, reps: int = 150) -> float:

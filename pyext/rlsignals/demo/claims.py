@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from rlsignals.demo import stats
-from rlsignals.demo.stats import Estimate
+from rlsignals import stats
+from rlsignals.stats import Estimate
 
 HOLDS, DOES_NOT, CANNOT_TELL = "holds", "does not", "cannot tell"
 

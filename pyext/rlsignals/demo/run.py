@@ -40,7 +40,6 @@ from rlsignals.demo import task
 from rlsignals.demo.assets import load_default_model
 from rlsignals.demo.claims import build_claims, format_claims, headroom_rows
 from rlsignals.demo.sft import sft
-from rlsignals.demo.stats import mean_ci
 from rlsignals.geometry.metrics import bf16_changed
 from rlsignals.geometry.report import diff_report
 from rlsignals.io.checkpoints import Checkpoint, select_matrices
@@ -48,6 +47,7 @@ from rlsignals.rank1.alpharl import aligned_features, fit_pls
 from rlsignals.rank1.extrapolate import extrapolate
 from rlsignals.rank1.track import rank1_model, track_rank1
 from rlsignals.signals import PromptTemplate, ScoreConfig, score_prompts
+from rlsignals.stats import mean_ci
 from rlsignals.trainer.evaluate import greedy_correct
 from rlsignals.trainer.loop import RLConfig, RLTrainer
 from rlsignals.trainer.rollout import hf_rollouts
@@ -350,7 +350,7 @@ def _state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
 def format_table(r: dict) -> str:
     """The printed report: settings, accuracy curves, the testbed's figures, the claims table."""
     from rlsignals.demo.claims import Claim
-    from rlsignals.demo.stats import Estimate
+    from rlsignals.stats import Estimate
 
     cfg, raw = r["config"], r["raw"]
     lines = [f"\nrlsignals demo: {cfg['steps']} RL steps x {cfg['prompts_per_step']} prompts x {cfg['generations']} "

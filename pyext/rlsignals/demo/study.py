@@ -30,7 +30,7 @@ from typing import Any
 
 from rlsignals.demo.claims import verdict
 from rlsignals.demo.run import DemoConfig, run_demo
-from rlsignals.demo.stats import Estimate, t_interval
+from rlsignals.stats import Estimate, t_interval
 
 
 def pool(per_seed: list[dict[str, Any]]) -> list[dict[str, Any]]:

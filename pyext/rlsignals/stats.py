@@ -1,5 +1,6 @@
-"""Intervals for the demo's figures: bootstrap over problems (or modules, or
-seeds), curve crossings, pass@k.
+"""Intervals for measured figures (the demo's claims, the real-model benchmark,
+the GAIN-RL pilot): bootstrap over problems (or modules, or seeds), Spearman's
+rho, curve crossings, pass@k.
 
 Every interval is a two-sided 95% percentile bootstrap unless stated:
 resample the units (problems, seeds, modules) with replacement, recompute the
