@@ -223,3 +223,37 @@ def test_trl_callback_tracks_a_real_grpo_run(tmp_path):
         assert float(traj.scalar("sigma", n)[-1]) == pytest.approx(float(dense), rel=1e-3, abs=1e-7)
     states = [(tmp_path / f"checkpoint-{s}" / Rank1TrackerCallback.STATE).read_text() for s in (2, 4)]
     assert len(states[0]) == len(states[1])  # one tracked step more, not one more vector
+
+
+def test_trainer_callback_resumes_from_the_checkpoint_train_was_given(tmp_path):
+    """A real transformers Trainer (accelerate) resumed from an older checkpoint restores the
+    tracker's state of that checkpoint, not the newest one's: the store keeps the records up
+    to it and the later steps are tracked again from there."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from rlsignals.integrations.trl_tracker import Rank1TrackerCallback
+
+    tokenizer = make_tokenizer("word", CHATML)
+    ids = tokenizer("what is two plus three the answer is eight")["input_ids"]
+    data = Dataset.from_dict({"input_ids": [ids] * 8, "labels": [ids] * 8})
+
+    def run(resume):
+        model = make_model("llama", len(tokenizer)).train()
+        tracker = Rank1Tracker(model, every=1, base_file=tmp_path / "base.safetensors", include=r"mlp\..*weight$")
+        args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=4, save_steps=1, learning_rate=1e-2,
+                                 per_device_train_batch_size=2, report_to=[], use_cpu=True, logging_steps=1,
+                                 disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=data, callbacks=[Rank1TrackerCallback(tracker)])
+        trainer.train(resume_from_checkpoint=resume)
+        return tracker
+
+    first = run(None)
+    assert first.steps == [1, 2, 3, 4]
+    sigma_first = {n: first.trajectory.scalar("sigma", n).clone() for n in first.params}
+    resumed = run(str(tmp_path / "run" / "checkpoint-2"))
+    assert resumed.steps == [1, 2, 3, 4]
+    for n in resumed.params:  # records 1-2 kept from the first run, 3-4 tracked again on the same path
+        sigma = resumed.trajectory.scalar("sigma", n)
+        assert torch.equal(sigma[:2], sigma_first[n][:2])
+        assert torch.allclose(sigma[2:], sigma_first[n][2:], rtol=1e-3, atol=1e-7)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 
 from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from rlsignals.io.atomic import write_json_atomic
 
@@ -19,8 +20,10 @@ class Rank1TrackerCallback(TrainerCallback):
     trainer logged since the previous tracked step as its accuracy (set
     ``logging_steps`` <= ``every``; NaN when none was logged); at ``tracker.jump_at``
     it jumps. The tracker's state (``tracker.state_dict()``) is saved as
-    ``rank1_tracker.json`` in each checkpoint folder and restored by
-    ``on_train_begin`` from the newest checkpoint of ``output_dir`` when resuming."""
+    ``rank1_tracker.json`` in each checkpoint folder and restored by ``on_train_begin``
+    from the checkpoint the trainer resumes from: transformers loads that checkpoint's
+    trainer state before ``on_train_begin``, so its ``global_step`` names the folder
+    ``output_dir/checkpoint-<global_step>`` (whatever newer checkpoints exist)."""
 
     STATE = "rank1_tracker.json"
 
@@ -34,10 +37,16 @@ class Rank1TrackerCallback(TrainerCallback):
         return sum(rewards) / len(rewards) if rewards else math.nan
 
     def on_train_begin(self, args, state, control, **kwargs):
-        checkpoint = get_last_checkpoint(args.output_dir) if state.global_step else None
-        if checkpoint and os.path.exists(os.path.join(checkpoint, self.STATE)):
-            with open(os.path.join(checkpoint, self.STATE)) as f:
-                self.tracker.load_state_dict(json.load(f))
+        if state.global_step:  # resuming: the state is that of the checkpoint resumed from
+            checkpoint = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+            saved = os.path.join(checkpoint, self.STATE)
+            if os.path.exists(saved):
+                with open(saved) as f:
+                    self.tracker.load_state_dict(json.load(f))
+            else:
+                warnings.warn(f"resuming at step {state.global_step}: {saved} does not exist (a checkpoint saved "
+                              "without the tracker, or outside output_dir); the rank-1 tracker starts afresh",
+                              RuntimeWarning, stacklevel=2)
         self._seen_logs = len(state.log_history)
 
     def on_step_end(self, args, state, control, **kwargs):
