@@ -39,16 +39,10 @@ import torch
 import torch.nn.functional as F
 from common import peak_memory_bytes, pin_glibc_mmap_threshold, print_table, readme_row, write_results
 
-from rlsignals.signals.capture import StopForward, capture_input, resolve_module
-from rlsignals.signals.prefix_cache import run_prefix
-from rlsignals.signals.scoring import (
-    EncodedPrompt,
-    ScoreConfig,
-    batch_inputs,
-    default_batch_tokens,
-    plan_batches,
-    score_batch,
-)
+from rlsignals.lm.capture import StopForward, capture_input, resolve_module
+from rlsignals.signals.batching import EncodedPrompt, batch_inputs, default_batch_tokens, plan_batches
+from rlsignals.signals.config import ScoreConfig
+from rlsignals.signals.scoring import run_prefix, score_batch
 
 SUFFIX = [5, 6, 7, 8, 9, 10]
 
@@ -129,7 +123,8 @@ def scored(model, module, prompts, config: ScoreConfig, cached: bool, bare: bool
         return sorted(rows, key=lambda r: r["index"])
     with torch.inference_mode(), capture_input(module, lambda _hidden: None):
         for b in batches:
-            inputs, _, _ = batch_inputs(model, [prompts[i] for i in b], prefix, config.padding_side, 0)
+            inputs, _, _ = batch_inputs(model, [prompts[i] for i in b], prefix.prefix if prefix else None,
+                                        config.padding_side, 0)
             try:
                 model(**inputs)
             except StopForward:

@@ -1,13 +1,15 @@
-"""Every subcommand's documented failure modes, from the user's side: a subprocess
-call of ``python -m rlsignals`` must exit non-zero (2 for a bad flag, 1 otherwise)
-with exactly one line on stderr that names the culprit, and leave no output."""
+"""Every subcommand's documented failure modes, from the user's side: ``rlsignals ARGS``
+must exit non-zero (2 for a bad flag, 1 otherwise) with exactly one line on stderr that
+names the culprit, and leave no output. The cases run through the command line's entry
+point in this process; the process boundary itself (a real exit status and stderr, the
+traceback of --debug) is checked in a subprocess."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_cli_process
 
 # (id, argv template, expected exit status, text the one line must contain). In the
 # argv, {base}, {ckpt-10}, {ckpt-20}, {other}, {traj}, {model}, {data}, {empty},
@@ -72,11 +74,23 @@ CASES = [
      "is the --data file itself"),
     ("score-batch-tokens", ["score", "--model", "{model}", "--data", "{data}", "--out", "{out}.jsonl",
                             "--batch-tokens", "0"], 2, "argument --batch-tokens: expected a whole number >= 1"),
+    ("score-long-prompt", ["score", "--model", "{model}", "--data", "{long}", "--out", "{out}.jsonl"], 1,
+     "prompt 0 has 305 tokens, more than the model's context of 256"),
+    ("train-unknown-flag", ["train", "{run}", "--output-dir", "{out}", "--stepz", "3"], 2,
+     "rlsignals train: error: unrecognized arguments: --stepz 3"),
+    ("train-output-dir-is-a-file", ["train", "{run}", "--output-dir", "{tmp}/file.txt"], 1,
+     "output_dir {tmp}/file.txt: is a file, expected a folder"),
+    ("train-output-dir-not-ours", ["train", "{run}", "--output-dir", "{tmp}/mine"], 1,
+     "output_dir {tmp}/mine: exists and is not empty; choose a new or empty folder"),
+    ("train-long-prompt", ["train", "{run}", "--data", "{long}", "--output-dir", "{out}"], 1,
+     "prompt 0 has 305 tokens, more than the 252 that fit the model's context of 256 less max_new_tokens (4)"),
+    ("train-missing-model", ["train", "{run}", "--model", "{tmp}/nope", "--output-dir", "{out}"], 2,
+     "is not a local Hugging Face model folder"),
 ]
 
 
 @pytest.fixture
-def paths(ckpts, traj, scoring, tmp_path):
+def paths(ckpts, traj, scoring, training, tmp_path):
     """Every placeholder of CASES, including damaged copies of the trajectory store."""
     import shutil
 
@@ -91,6 +105,7 @@ def paths(ckpts, traj, scoring, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "results.csv").write_text("1,2\n")
     return {**{k: str(v) for k, v in ckpts.items()}, "traj": str(traj), **{k: str(v) for k, v in scoring.items()},
+            **{k: str(v) for k, v in training.items()},
            "cut-index": str(cut_index), "cut-vectors": str(cut_vectors), "out": str(tmp_path / "out"),
            "tmp": str(tmp_path)}
 
@@ -102,7 +117,7 @@ def test_failure_is_one_line_naming_the_culprit(paths, tmp_path, argv, code, tex
     assert result.code == code, result.stderr
     assert len(result.lines) == 1, result.stderr
     assert result.lines[0].startswith("rlsignals") and "error:" in result.lines[0], result.stderr
-    assert text in result.lines[0]
+    assert text.format(**paths) in result.lines[0]
     assert "internal error" not in result.lines[0] and "Traceback" not in result.stderr
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert after == before  # a failed command leaves nothing behind
@@ -111,13 +126,13 @@ def test_failure_is_one_line_naming_the_culprit(paths, tmp_path, argv, code, tex
 def test_debug_flag_and_variable_show_the_traceback(paths):
     argv = ["rank1-model", "--base", paths["other"], "--traj", paths["traj"], "--out", paths["out"]]
     for extra, env in ((["--debug"], None), ([], {"RLSIGNALS_DEBUG": "1"})):
-        result = run_cli(*extra, *argv, env=env)
+        result = run_cli_process(*extra, *argv, env=env)
         assert result.code == 1
         assert "Traceback (most recent call last)" in result.stderr and "CheckpointError" in result.stderr
 
 
 def test_cases_cover_every_subcommand():
     tested = {argv[0] for _, argv, _, _ in CASES if argv}
-    assert tested >= {"rank1", "rank1-model", "extrapolate", "diff-report", "score"}
+    assert tested >= {"rank1", "rank1-model", "extrapolate", "diff-report", "score", "train"}
     assert len({c[0] for c in CASES}) == len(CASES)
     json.dumps(CASES)  # a plain table

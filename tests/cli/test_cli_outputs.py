@@ -7,6 +7,7 @@ partial file of a failed run does not block the corrected rerun."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -138,3 +139,82 @@ def test_score_outputs_and_a_failed_partial(scoring, tmp_path):
     assert interrupted.code == 1 and len(interrupted.lines) == 1, interrupted.stderr
     assert "interrupted run with other settings" in interrupted.stderr and "--restart" in interrupted.stderr
     assert kept.read_text().count("\n") == 2 and not third.exists()
+
+
+def test_train_output_dir_is_its_own_resumed_or_replaced_only_when_asked(training, tmp_path):
+    out = tmp_path / "run"
+    argv = ["train", training["run"], "--output-dir", out]
+    done = run_cli(*argv)
+    assert done.code == 0, done.stderr
+    assert json.loads((out / MARKER).read_text()) == {"written_by": "rlsignals", "command": "train", "complete": True}
+    assert {"checkpoint-1", "checkpoint-2", "metrics.jsonl"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name != MARKER]  # no temporary, no lock
+    again = run_cli(*argv, "--steps", "3")  # resumes
+    assert again.code == 0, again.stderr
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    fresh = run_cli(*argv, "--no-resume")
+    assert fresh.code == 1 and len(fresh.lines) == 1 and "pass --overwrite" in fresh.stderr
+    assert (out / "checkpoint-3").is_dir()
+    replaced = run_cli(*argv, "--no-resume", "--overwrite")
+    assert replaced.code == 0, replaced.stderr
+    assert not (out / "checkpoint-3").exists()
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_train_never_touches_a_users_files(training, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"the": "user\'s line"}\n')
+    (out / "scores.jsonl").write_text('{"score": 1.0}\n')
+    for extra in ([], ["--overwrite", "--no-resume"], ["--sampler", "gain_rl"]):
+        result = run_cli("train", training["run"], "--output-dir", out, *extra)
+        assert result.code == 1 and len(result.lines) == 1, result.stderr
+        assert "internal error" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl", "scores.jsonl"]
+    assert (out / "metrics.jsonl").read_text() == '{"the": "user\'s line"}\n'
+
+
+def test_a_bad_kept_scores_file_is_one_line(training, tmp_path):
+    """A scores.jsonl in a run folder of ours that is not a scores table: one line, not a crash."""
+    out = tmp_path / "run"
+    assert run_cli("train", training["run"], "--output-dir", out, "--steps", "1").code == 0
+    (out / "scores.jsonl").write_text('{"value": 1.0}\n')
+    result = run_cli("train", training["run"], "--output-dir", out, "--steps", "2", "--sampler", "gain_rl")
+    assert result.code == 2 and len(result.lines) == 1, result.stderr
+    assert "scores.jsonl: expected rows with a 'score' column" in result.stderr
+
+
+LOCK_HOLDER = """
+import sys, time
+from rlsignals.io.outputs import incremental_output
+with incremental_output(sys.argv[1], "train", False, resume=True, flag="output_dir"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_run_into_the_same_output_dir_is_refused(training, tmp_path):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = run_cli("train", training["run"], "--output-dir", out)
+        assert result.code == 1 and len(result.lines) == 1, result.stderr
+        assert f"another rlsignals run (pid {holder.pid}) is writing it" in result.stderr
+        assert not (out / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli("train", training["run"], "--output-dir", out).code == 0  # a killed holder leaves no stale lock
+
+
+def test_checkpoint_temporaries_carry_the_pid_and_dead_ones_are_cleaned(training, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli("train", training["run"], "--output-dir", out, "--steps", "1").code == 0
+    stale = out / f".checkpoint-2.tmp-{dead_pid()}"
+    stale.mkdir()
+    live = out / f".checkpoint-9.tmp-{os.getpid()}"  # a live process's: not ours to remove
+    live.mkdir()
+    assert run_cli("train", training["run"], "--output-dir", out).code == 0
+    assert not stale.exists() and live.is_dir()
+    assert (out / "checkpoint-2" / "model.safetensors").is_file()

@@ -125,3 +125,34 @@ def test_registered_kernels_come_from_the_library():
     assert op_status("delta_products", "cpp") == (True, "built")
     with pytest.raises(ValueError, match="op must be one of"):
         op_status("svd", "cpp")
+
+
+def test_constant_result_marks_as_the_public_decorator_does():
+    """resolve_backend is marked for torch.compile without importing dynamo at import time;
+    this fails if torch's decorator ever does more than set that one attribute."""
+    from rlsignals.ops.backends import constant_result
+
+    def public():
+        return 0
+
+    def ours():
+        return 0
+
+    torch.compiler.assume_constant_result(public)
+    constant_result(ours)
+    assert public.__dict__ == ours.__dict__ == {"_dynamo_marked_constant": True}
+
+
+IMPORTS = """
+import sys, rlsignals
+heavy = sorted(m for m in ("torch", "torch._dynamo", "triton", "transformers") if m in sys.modules)
+rlsignals.angle_stats
+loaded = sorted(m for m in ("torch._dynamo", "triton") if m in sys.modules)
+print(heavy, loaded)
+"""
+
+
+def test_import_loads_neither_torch_nor_dynamo_nor_triton():
+    result = run_python(IMPORTS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "[]"]

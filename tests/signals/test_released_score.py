@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers.tiny_models import CHATML, make_model, make_tokenizer
 
+from rlsignals.lm.capture import StopForward, capture_input, resolve_module
 from rlsignals.signals import PromptTemplate, ScoreConfig, score_prompts
-from rlsignals.signals.capture import StopForward, capture_input, resolve_module
-from rlsignals.signals.scoring import released_angle
+from rlsignals.signals.released import released_angle
 
 
 def test_hand_computed_case():

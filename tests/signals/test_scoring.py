@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from helpers.tiny_models import CHATML, LLAMA3, make_model, make_tokenizer
 
+from rlsignals.lm.capture import capture_input, default_module_name, resolve_module
 from rlsignals.signals import PromptTemplate, ScoreConfig, TemplateBounds, score_dataset, score_prompts
-from rlsignals.signals.capture import capture_input, default_module_name, resolve_module
-from rlsignals.signals.scoring import plan_batches
+from rlsignals.signals.batching import plan_batches
 
 PROMPTS = ["what is two plus three", "compute the sum of seven and five", "multiply six by three",
            "how many apples are left if tom eats four of nine", "the", "twelve minus five equals seven",
@@ -248,7 +248,7 @@ def test_a_failed_run_marks_its_partial_and_a_changed_rerun_replaces_it(tmp_path
 
 
 def test_model_sources_never_go_to_the_hub_unless_asked(tmp_path, saved_model):
-    from rlsignals.signals.scoring import resolve_model_source
+    from rlsignals.io.models import resolve_model_source
 
     assert resolve_model_source(saved_model) == (str(saved_model), True)
     assert resolve_model_source("hub:org/name") == ("org/name", False)
@@ -268,7 +268,7 @@ def test_model_sources_never_go_to_the_hub_unless_asked(tmp_path, saved_model):
 
 
 def test_default_batch_tokens_by_device_and_width():
-    from rlsignals.signals.scoring import CUDA_BATCH_TOKENS, default_batch_tokens
+    from rlsignals.signals.batching import CUDA_BATCH_TOKENS, default_batch_tokens
 
     cpu = torch.device("cpu")
     assert [default_batch_tokens(cpu, d) for d in (64, 512, 1024, 4096, 1 << 20)] == [16384, 4096, 2048, 1024, 1024]

@@ -79,8 +79,8 @@ def test_is_weights_carry_no_gradient():
 def test_shared_prefix_logprobs_equal_the_full_forward():
     from helpers.tiny_models import make_model
 
+    from rlsignals.lm.generate import left_pad
     from rlsignals.trainer.loss import completion_logprobs
-    from rlsignals.trainer.rollout import left_pad
 
     torch.manual_seed(0)
     model = make_model("llama", 40)

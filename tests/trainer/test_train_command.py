@@ -3,23 +3,16 @@ the live angle signal driving its update, metrics, checkpoints and a resume."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 from helpers.tiny_models import CHATML, make_model, make_tokenizer
 
+from rlsignals.cli import main
 from rlsignals.signals import PromptTemplate, ScoreConfig, score_prompts
-from rlsignals.trainer.command import add_train_parser, run_train
 
 PROMPTS = ["what is two plus three", "multiply six by three", "the answer is eight",
            "compute the sum of seven and five", "twelve minus five equals seven", "how many apples are left"]
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_train_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["train", *argv])
 
 
 def test_train_scores_at_start_logs_live_angles_and_resumes(tmp_path):
@@ -33,7 +26,7 @@ def test_train_scores_at_start_logs_live_angles_and_resumes(tmp_path):
               "max_new_tokens": 4, "lr": 1e-3, "sampler": "gain_rl", "angle_signal": "live",
               "sampler_options": {"sigma": 2.0}, "progress": False}
     (tmp_path / "run.json").write_text(json.dumps(config))
-    assert run_train(parse(str(tmp_path / "run.json"))) == 0
+    assert main(["train", str(tmp_path / "run.json")]) == 0
 
     template = PromptTemplate(tokenizer, "you are a careful math tutor")
     expected = sorted((r for b in score_prompts(model, template, PROMPTS, ScoreConfig()) for r in b),
@@ -45,6 +38,6 @@ def test_train_scores_at_start_logs_live_angles_and_resumes(tmp_path):
     assert all(len(r["angle_live_score"]) == 2 and "mu" in r for r in first)
     assert (tmp_path / "out" / "checkpoint-2" / "model.safetensors").is_file()
 
-    assert run_train(parse(str(tmp_path / "run.json"), "--steps", "3")) == 0  # resumes at step 2
+    assert main(["train", str(tmp_path / "run.json"), "--steps", "3"]) == 0  # resumes at step 2
     again = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in again] == [1, 2, 3] and again[:2] == first

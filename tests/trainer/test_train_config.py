@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-from argparse import Namespace
 
 import pytest
 
-from rlsignals.trainer.command import add_train_parser, run_train
+from rlsignals.cli import main
 from rlsignals.trainer.config import ConfigError, TrainConfig, check_inputs, load_config
 
 
@@ -86,11 +85,6 @@ def test_bad_inputs_are_one_line_errors(files, extra, message, monkeypatch):
 
 
 def test_command_reports_one_line_and_exit_2(files, capsys):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    add_train_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", str(write(files, BASE + "stepz = 1\n")), "--lr", "0.1"])
-    assert isinstance(args, Namespace) and run_train(args) == 2
+    assert main(["train", str(write(files, BASE + "stepz = 1\n")), "--lr", "0.1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("rlsignals train: error:") and "did you mean 'steps'?" in err

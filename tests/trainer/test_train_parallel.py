@@ -59,7 +59,7 @@ def setup(tmp_path_factory):
 def run(root: Path, launcher: list[str], out: str, *extra: str, env: dict | None = None):
     env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", **(env or {})}
-    command = [sys.executable, *launcher, "-m", "rlsignals.trainer.command", str(root / "run.json"),
+    command = [sys.executable, *launcher, "-m", "rlsignals", "train", str(root / "run.json"),
                "--output-dir", str(root / out), *extra]
     return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=1500, check=False)
 

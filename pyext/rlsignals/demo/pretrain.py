@@ -19,7 +19,7 @@ What it does, all seeded and deterministic on CPU for a given thread count:
    restates the problem first (``task.echo_reply``) with probability
    ``--p-echo``: a format habit that ``verify`` does not credit and that RL
    unlearns within a few dozen steps, as real RL first fixes formats. The
-   system turn, shared by all, runs once per batch (shared_prefix.py: exact,
+   system turn, shared by all, runs once per batch (``rlsignals.lm.prefix``: exact,
    and cheaper);
    ``--slip-rates`` (per level) makes a trained reply state
    ``task.slip_answer`` (the answer + 10) instead; ``--init DIR`` continues
@@ -54,7 +54,8 @@ import torch
 from rlsignals.demo import task
 from rlsignals.demo.tokenizer import EOS, build_tokenizer
 from rlsignals.io.atomic import write_json_atomic
-from rlsignals.trainer.shared_prefix import answer_loss, pad_right, shared_prefix_logits
+from rlsignals.lm.prefix import pad_right, prefix_logits
+from rlsignals.trainer.loss import answer_loss
 
 HELDOUT_SEED = 20240
 MODEL_DIMS = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
@@ -228,7 +229,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss_mask, _ = pad_right(masks, 0)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, args.warmup, args.final_lr_frac)
-        loss = answer_loss(shared_prefix_logits(model, prefix, ids, attn), ids, loss_mask)
+        loss = answer_loss(prefix_logits(model, prefix, ids, attn), ids, loss_mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

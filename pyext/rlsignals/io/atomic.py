@@ -206,7 +206,7 @@ def check_output(out: str | Path, command: str, *, overwrite: bool = False, resu
     and it carries that marker. Anything else raises ``OutputExistsError``."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out}: is a file, expected a folder for --out (or a path that does not exist)")
+        raise OutputExistsError(f"{out}: is a file, expected a folder (or a path that does not exist)")
     if not out.exists() or _is_empty_dir(out):
         return "new"
     owned = _owned_by(out, command)

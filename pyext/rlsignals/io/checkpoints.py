@@ -29,13 +29,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from rlsignals.io import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from rlsignals.io.atomic import atomic_folder
 from rlsignals.io.errors import UserError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-DEFAULT_INCLUDE = r"\.layers\.\d+\..*\.weight$"
-DEFAULT_EXCLUDE = r"(embed|lm_head|norm)"
 
 
 # files of a checkpoint folder that describe its weights (everything else, e.g. optimizer.pt, rng_state.pth,

@@ -121,7 +121,15 @@ def angle_stats_spans(hidden: torch.Tensor, starts: torch.Tensor, splits: torch.
     sum_p, sum_q, sq_q = sums[1::3], sums[2::3], sqsums[2::3]
     n_p = (splits - starts).to(hidden.device)
     n_q = (ends - splits).to(hidden.device)
+    return stats_from_sums(sum_q, sq_q, n_q, sum_p, n_p, exclude_diagonal=exclude_diagonal, causal=causal)
 
+
+def stats_from_sums(sum_q: torch.Tensor, sq_q: torch.Tensor, n_q: torch.Tensor, sum_p: torch.Tensor,
+                    n_p: torch.Tensor, *, exclude_diagonal: bool = False, causal: bool = False) -> AngleStats:
+    """AngleStats of B sequences from their unit-row sums: the question's S_Q [B, d], q_Q [B]
+    (sum of ||u_i||^2) and n_Q [B], the prefix's S_P [B, d] and n_P [B] (README, "The math"):
+    intra = within_block_mean of the question, inter = <S_Q, S_P> / (n_Q n_P); NaN where a
+    mean has no pairs."""
     intra = within_block_mean(sum_q.square().sum(1), sq_q, n_q, exclude_diagonal=exclude_diagonal, causal=causal)
     pairs = (n_q * n_p).to(torch.float64)
     inter = (sum_q * sum_p).sum(1).to(torch.float64) / pairs.clamp_min(1)

@@ -30,9 +30,9 @@ from collections.abc import Callable
 
 import torch
 
+from rlsignals.ops import BACKENDS
 from rlsignals.ops.registration import compiled_ops, triton_ops
 
-BACKENDS = ("torch", "cpp", "triton", "cuda")
 OPS = ("unit_sums", "delta_products")
 _DISPATCH_KEY = {"cpp": "CPU", "cuda": "CUDA"}
 _NAMESPACE = {"cpp": "rlsignals", "cuda": "rlsignals", "triton": "rlsignals_triton"}
@@ -126,7 +126,16 @@ def _registered(backend: str) -> str:
     return backend
 
 
-@torch.compiler.assume_constant_result
+def constant_result(fn: Callable) -> Callable:
+    """Mark ``fn`` as ``torch.compiler.assume_constant_result`` does, without importing dynamo
+    at import time (that decorator imports it, seconds of start-up): it sets this one attribute,
+    which dynamo reads when it meets the function (tests/ops/test_backends.py checks that the
+    public decorator still does exactly this)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_result
 def resolve_backend(backend: str, device: torch.device, op: str = "unit_sums") -> str:
     """The backend that runs ``op`` on ``device`` for the requested ``backend``.
 

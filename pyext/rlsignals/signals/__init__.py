@@ -1,16 +1,19 @@
 """The prefill angle signal of a dataset (GAIN-RL) and the samplers it drives.
 
-- prompts.py: chat rendering and the exact shared-prefix / question split;
-- capture.py: the forward hooks that read a module's activation;
+- config.py: the settings of prompt rendering and scoring (imports nothing heavy);
+- prompts.py: chat rendering, the exact shared-prefix / question split, fitting to the context;
 - reduce.py: unit-row sums of token spans -> intra/inter (scorer and live signal alike);
-- prefix_cache.py: a shared prefix run once (its sums and key/value cache);
-- scoring.py: ``score_dataset`` / ``score_prompts`` (each question on the cached prefix);
+- batching.py: prompt encoding and batch planning;
+- released.py: the released scorer's quantities, for comparison;
+- scoring.py: ``score_dataset`` / ``score_prompts`` (each question on the shared prefix, run once);
 - samplers.py: ``GainRLSampler`` and ``UniformSampler``.
 """
 
-from rlsignals.signals.prompts import PromptTemplate, TemplateBounds, load_rows
-from rlsignals.signals.samplers import GainRLSampler, UniformSampler
-from rlsignals.signals.scoring import ScoreConfig, score_dataset, score_prompts
+from rlsignals._lazy import lazy_attributes
 
-__all__ = ["GainRLSampler", "PromptTemplate", "ScoreConfig", "TemplateBounds", "UniformSampler", "load_rows",
-           "score_dataset", "score_prompts"]
+_EXPORTS = {"PromptTemplate": "rlsignals.signals.prompts", "TemplateBounds": "rlsignals.signals.prompts",
+            "load_rows": "rlsignals.signals.prompts", "GainRLSampler": "rlsignals.signals.samplers",
+            "UniformSampler": "rlsignals.signals.samplers", "ScoreConfig": "rlsignals.signals.config",
+            "score_dataset": "rlsignals.signals.scoring", "score_prompts": "rlsignals.signals.scoring"}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS, globals())

@@ -120,3 +120,23 @@ class TemplateBounds:
         prefix = _common_prefix_len(ids, list(self.prefix_ids))
         suffix = min(_common_prefix_len(ids[::-1], list(self.suffix_ids[::-1])), len(ids) - prefix)
         return prefix, len(ids) - suffix
+
+
+def fit_context(ids: list[int], prefix_len: int, question_end: int, max_length: int | None, on_long: str,
+                index: int, limit: str | None = None) -> tuple[list[int], int, bool]:
+    """(ids, question_end, truncated) of prompt ``index`` (prefix ids[:prefix_len], question up
+    to question_end) fitted to ``max_length`` tokens: unchanged when it fits; with on_long
+    "truncate" the question loses tokens from its end; UserError (one line) with "error",
+    or when the prefix and the trailing template alone do not fit. ``limit`` says what the
+    limit is in that line (default: "the model's context of <max_length>")."""
+    excess = len(ids) - max_length if max_length else 0
+    if excess <= 0:
+        return ids, question_end, False
+    limit = limit or f"the model's context of {max_length}"
+    if on_long == "error":
+        raise UserError(f"prompt {index} has {len(ids)} tokens, more than {limit}; pass on_long='truncate' "
+                        "(--on-long truncate) to cut its question")
+    if excess > question_end - prefix_len:
+        raise UserError(f"prompt {index}: the prefix and suffix alone ({len(ids) - question_end + prefix_len} "
+                        f"tokens) exceed {limit}")
+    return ids[:question_end - excess] + ids[question_end:], question_end - excess, True

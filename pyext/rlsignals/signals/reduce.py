@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from rlsignals.ops.angle import AngleStats, within_block_mean
+from rlsignals.ops.angle import AngleStats, stats_from_sums
 from rlsignals.ops.backends import resolve_backend
 from rlsignals.ops.unit_sums import unit_sums
 from rlsignals.ops.validation import check_hidden
@@ -84,10 +84,5 @@ def angle_stats_from_sums(prefix: SpanSums, question: SpanSums, *, exclude_diago
     """AngleStats (intra, inter fp32 [K]) of K sequences from their prefix and question
     sums (see the module docstring); NaN where a mean has no pairs (empty question,
     empty prefix for inter, one question token with the diagonal excluded)."""
-    n_q, n_p = question.counts, prefix.counts
-    intra = within_block_mean(question.sums.square().sum(1), question.sqsums, n_q,
-                              exclude_diagonal=exclude_diagonal, causal=False)
-    pairs = (n_q * n_p).to(torch.float64)
-    inter = (question.sums * prefix.sums).sum(1).to(torch.float64) / pairs.clamp_min(1)
-    inter = torch.where(pairs > 0, inter, torch.nan).to(torch.float32)
-    return AngleStats(intra=intra, inter=inter)
+    return stats_from_sums(question.sums, question.sqsums, question.counts, prefix.sums, prefix.counts,
+                           exclude_diagonal=exclude_diagonal)

@@ -1,14 +1,18 @@
 """The settings of ``rlsignals train``: a TOML or JSON file, flags over it, and
 checks that fail with one line before any model loads.
 
-``load_config(path, overrides)`` reads the file (``.toml`` or ``.json``; one
-flat table, ``sampler_options`` / ``vllm_options`` as sub-tables), applies the
-flag values (strings, parsed by each key's type), and checks every key: unknown
-keys (with the closest known key), types, choices and ranges. Paths in the file
-(model, data, few_shot, scores) are relative to the file's folder; paths given as
-flags, and output_dir, to the working directory. ``check_inputs`` then reads the
-dataset and the scores file and imports the reward, so that a missing column or
-a reward that does not import is reported before anything heavy starts.
+``RLConfig`` holds the RL loop's settings (``trainer.loop.RLTrainer``), ``TrainConfig``
+the command's (the loop's, the prompts', the model's and the run's). ``load_config(path,
+overrides)`` reads the file (``.toml`` or ``.json``; one flat table, ``sampler_options`` /
+``vllm_options`` as sub-tables), applies the flag values (text is parsed by each key's
+type), and checks every key: unknown keys (with the closest known key), types, choices
+and ranges. Paths in the file (model, data, few_shot, scores) are relative to the file's
+folder; paths given as flags, and output_dir, to the working directory. ``check_inputs``
+then reads the dataset and the scores file and imports the reward, so that a missing
+column or a reward that does not import is reported before anything heavy starts.
+
+This module imports nothing heavy (the command's help and flag errors need no torch);
+the choices of the loop's settings live here and the modules that use them import them.
 """
 
 from __future__ import annotations
@@ -16,154 +20,94 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
-import json
 import math
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
+from rlsignals import settings
 from rlsignals.io.tables import read_table
-from rlsignals.signals.samplers import GainRLSampler
-from rlsignals.trainer.advantages import ESTIMATORS
-from rlsignals.trainer.correction import LEVELS, MODES
-from rlsignals.trainer.live_angles import ANGLE_SIGNALS
-from rlsignals.trainer.loop import RLConfig
-from rlsignals.trainer.parallel import KINDS
+from rlsignals.settings import ConfigError, option
+from rlsignals.signals.config import ContextOptions, PromptOptions
 from rlsignals.trainer.rewards import BUILT_IN, Reward, resolve_reward
 
+ESTIMATORS = ("grpo", "dr_grpo", "rloo")           # group advantages (trainer/advantages.py)
+IS_MODES = ("none", "truncate", "mask")            # rollout mismatch correction (trainer/correction.py)
+IS_LEVELS = ("token", "sequence")
+ANGLE_SIGNALS = ("precomputed", "live")            # which angle the GAIN-RL update reads
+PARALLEL_KINDS = ("auto", "fsdp", "ddp", "none")   # trainer/parallel.py
+SAMPLERS = ("uniform", "gain_rl")
+ROLLOUTS = ("hf", "vllm")
+DTYPES = ("float32", "bfloat16", "float16")
 PATH_KEYS = ("model", "data", "few_shot", "scores")
-CHOICES = {"advantage": ESTIMATORS, "is_mode": MODES, "is_level": LEVELS, "sampler": ("uniform", "gain_rl"),
-           "angle_signal": ANGLE_SIGNALS, "rollout": ("hf", "vllm"), "parallel": KINDS,
-           "dtype": ("float32", "bfloat16", "float16")}
 POSITIVE = ("steps", "prompts_per_step", "max_new_tokens", "tracker_every", "lr", "temperature", "max_grad_norm",
             "is_cap")
 AT_LEAST_ZERO = ("save_every", "clip_eps", "kl_coef", "seed")
 DATA_TYPES = (".jsonl", ".parquet", ".json", ".csv")
 
 
-class ConfigError(ValueError):
-    """A bad setting; the message is one line naming the key."""
+@dataclasses.dataclass
+class RLConfig:
+    """Settings of an RL run (all have defaults)."""
+
+    steps: int = option(100, "RL steps")
+    prompts_per_step: int = option(16, "prompts drawn per step (a multiple of the number of ranks)")
+    generations: int = option(8, "sampled completions per prompt (>= 2: group advantages)")
+    max_new_tokens: int = option(12, "tokens per completion at most")
+    temperature: float = option(1.0, "sampling temperature (the log-probabilities are taken at it)")
+    lr: float = option(1e-5, "AdamW learning rate")
+    max_grad_norm: float = option(1.0, "gradient clipping")
+    advantage: str = option("grpo", "group advantage estimator", choices=ESTIMATORS)
+    clip_eps: float = option(0.2, "PPO clip")
+    kl_coef: float = option(0.0, "k3 KL to the starting model (0: off)")
+    is_mode: str = option("truncate", "rollout/trainer mismatch correction", choices=IS_MODES)
+    is_level: str = option("token", "the correction per token or per sequence", choices=IS_LEVELS)
+    is_cap: float = option(2.0, "the correction's cap c")
+    sampler: str = option("uniform", "prompt sampler (gain_rl needs angle scores)", choices=SAMPLERS)
+    sampler_options: dict = option(help="GAIN-RL settings (JSON on the command line)", default_factory=dict)
+    angle_signal: str = option("precomputed", "the angle the GAIN-RL update reads: the scores, or live from the "
+                                              "training forward", choices=ANGLE_SIGNALS)
+    save_every: int = option(0, "steps between checkpoints (0: only at the end)")
+    seed: int = option(0, "seed of sampling and prompts")
 
 
 @dataclasses.dataclass
-class TrainConfig(RLConfig):
+class TrainConfig(RLConfig, PromptOptions, ContextOptions):
     """Every key of a ``rlsignals train`` config, with its default: the RL loop's
-    settings (``RLConfig``, whose docs list them) and the command's own below."""
+    settings (``RLConfig``), the prompts' (``PromptOptions``, ``ContextOptions``) and the
+    command's own below."""
 
-    max_new_tokens: int = 64           # (RLConfig's default is 12, the demo task's)
-    model: str = ""                    # local HF causal LM folder (required)
-    data: str = ""                     # .jsonl or .parquet (.json, .csv too) dataset (required)
-    output_dir: str = ""               # checkpoints, metrics.jsonl (required)
-    prompt_field: str = "prompt"
-    answer_field: str = "answer"
-    system_prompt: str | None = None
-    few_shot: str | None = None        # file of few-shot turns (chat messages or question/answer pairs)
-    use_chat_template: bool = True
-    reward: str = "integer"            # integer | last_integer | math | module:function
-    scores: str | None = None          # angle scores file (rlsignals score); none: scored at the start
-    live_angles: bool = True           # log the live angle signal of each step
-    angle_module: str | None = None    # hooked module; default: last decoder layer's mlp.up_proj
-    intra_weight: float = 1.0
-    inter_weight: float = 1.0
-    rollout: str = "hf"                # hf | vllm
-    vllm_options: dict = dataclasses.field(default_factory=dict)  # VLLMRollout settings (dtype, max_model_len, ...)
-    tracker: bool = False              # the in-loop rank-1 tracker
-    tracker_every: int = 1
-    parallel: str = "auto"             # auto | fsdp | ddp | none (auto: fsdp under torchrun)
-    dtype: str = "float32"
-    resume: bool = True
-    progress: bool = True
+    max_new_tokens: int = option(64, "tokens per completion at most")  # (RLConfig's default is 12, the demo task's)
+    model: str = option("", "local Hugging Face causal LM folder (required)")
+    data: str = option("", ".jsonl or .parquet (.json, .csv too) dataset (required)")
+    output_dir: str = option("", "checkpoints and metrics.jsonl; a folder of an earlier run is resumed (required)")
+    answer_field: str = option("answer", "the dataset column holding the reference answer")
+    reward: str = option("integer", "integer | last_integer | math | module:function")
+    scores: str | None = option(None, "angle scores file (rlsignals score); none with gain_rl: scored at the start")
+    live_angles: bool = option(True, "log the live angle signal of each step")
+    angle_module: str | None = option(None, "hooked module (default: the last decoder layer's mlp.up_proj input)")
+    intra_weight: float = option(1.0, "weight of intra in the angle score")
+    inter_weight: float = option(1.0, "weight of inter in the angle score")
+    rollout: str = option("hf", "rollout engine", choices=ROLLOUTS)
+    vllm_options: dict = option(help="VLLMRollout settings (dtype, max_model_len, ...; JSON on the command line)",
+                                default_factory=dict)
+    tracker: bool = option(False, "the in-loop rank-1 tracker")
+    tracker_every: int = option(1, "steps between tracked updates")
+    parallel: str = option("auto", "data parallel kind (auto: fsdp under torchrun)", choices=PARALLEL_KINDS)
+    dtype: str = option("float32", "the policy's dtype", choices=DTYPES)
+    resume: bool = option(True, "continue from the newest checkpoint in output_dir")
+    overwrite: bool = option(False, "with resume = false: replace the output_dir of an earlier run")
+    progress: bool = option(True, "show a progress bar")
 
-
-FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-HINTS = typing.get_type_hints(TrainConfig)
+    def validate(self) -> None:
+        validate(self)
 
 
-def _allowed(hint) -> tuple:
-    return typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+FIELDS = settings.fields(TrainConfig)
 
 
-def type_name(hint) -> str:
-    return " or ".join("none" if t is type(None) else t.__name__ for t in _allowed(hint))
-
-
-def check_type(key: str, value: Any) -> Any:
-    """``value`` as key's type (an int is accepted for a float); ConfigError otherwise."""
-    allowed = _allowed(HINTS[key])
-    if value is None and type(None) in allowed:
-        return None
-    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed if t is not type(None)):
-        return value
-    raise ConfigError(f"config key {key!r} must be {type_name(HINTS[key])}, got {type(value).__name__} {value!r}")
-
-
-def parse_flag(key: str, text: str) -> Any:
-    """A flag's text as key's type: true/false, numbers, JSON for tables, none for optional keys."""
-    allowed = _allowed(HINTS[key])
-    if type(None) in allowed and text.lower() in ("none", "null"):
-        return None
-    try:
-        if bool in allowed:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if int in allowed:
-            return int(text)
-        if float in allowed:
-            return float(text)
-        if dict in allowed:
-            return json.loads(text)
-    except (ValueError, json.JSONDecodeError):
-        raise ConfigError(f"--{key.replace('_', '-')} must be {type_name(HINTS[key])}, got {text!r}") from None
-    return text
-
-
-def unknown_key(key: str, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, FIELDS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(FIELDS)}"
-    return ConfigError(f"{where}: unknown key {key!r}{hint}")
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The keys of a .toml or .json config file, paths resolved against its folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
-
-            raw = tomllib.loads(path.read_text())
-        elif path.suffix.lower() == ".json":
-            raw = json.loads(path.read_text())
-        else:
-            raise ConfigError(f"config file {path}: use a .toml or .json file, got {path.suffix!r}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        raise ConfigError(f"config file {path} does not parse: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path}: expected a table of keys, got {type(raw).__name__}")
-    for key in raw:
-        if key not in FIELDS:
-            raise unknown_key(key, str(path))
-    for key in PATH_KEYS:
-        if isinstance(raw.get(key), str) and raw[key] and not Path(raw[key]).is_absolute():
-            raw[key] = str((path.parent / raw[key]).resolve())
-    return raw
-
-
-def load_config(path: str | Path | None, overrides: dict[str, str] | None = None) -> TrainConfig:
-    """File keys, then flag values (as text) over them, checked (ConfigError on the first problem)."""
-    values = read_config_file(path) if path is not None else {}
-    for key, text in (overrides or {}).items():
-        if key not in FIELDS:
-            raise unknown_key(key, "flags")
-        values[key] = parse_flag(key, text)
-    config = TrainConfig(**{key: check_type(key, value) for key, value in values.items()})
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """File keys, then flag values (text, or values) over them, checked (ConfigError on the first problem)."""
+    config = settings.build(TrainConfig, path, overrides, PATH_KEYS)
     validate(config)
     return config
 
@@ -173,9 +117,10 @@ def validate(config: TrainConfig) -> None:
     for key in ("model", "data", "output_dir"):
         if not getattr(config, key):
             raise ConfigError(f"config key {key!r} is required")
-    for key, options in CHOICES.items():
-        if getattr(config, key) not in options:
-            raise ConfigError(f"config key {key!r} must be one of {options}, got {getattr(config, key)!r}")
+    for key, field in FIELDS.items():
+        choices = field.metadata.get("choices")
+        if choices and getattr(config, key) not in choices:
+            raise ConfigError(f"config key {key!r} must be one of {choices}, got {getattr(config, key)!r}")
     for key in POSITIVE:
         value = getattr(config, key)
         if not (value > 0 and math.isfinite(value)):
@@ -183,10 +128,14 @@ def validate(config: TrainConfig) -> None:
     for key in AT_LEAST_ZERO:
         if getattr(config, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(config, key)!r}")
+    if config.max_length is not None and config.max_length < 1:
+        raise ConfigError(f"config key 'max_length' must be >= 1, got {config.max_length}")
     if config.generations < 2:
         raise ConfigError(f"config key 'generations' must be >= 2 (group advantages), got {config.generations}")
     if config.reward not in BUILT_IN and ":" not in config.reward:
         raise ConfigError(f"config key 'reward' must be one of {BUILT_IN} or 'module:function', got {config.reward!r}")
+    from rlsignals.signals.samplers import GainRLSampler
+
     options = set(inspect.signature(GainRLSampler).parameters) - {"scores", "batch_size", "seed"}
     for key in config.sampler_options:
         if key not in options:
@@ -201,6 +150,8 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("angle_signal = 'live' needs live_angles = true")
     if config.angle_signal == "live" and config.sampler != "gain_rl":
         raise ConfigError("angle_signal = 'live' drives the GAIN-RL update; set sampler = 'gain_rl'")
+    if config.overwrite and config.resume:
+        raise ConfigError("overwrite = true replaces an earlier run's output_dir; it needs resume = false")
 
 
 @dataclasses.dataclass

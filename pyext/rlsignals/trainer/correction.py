@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import torch
 
-MODES = ("none", "truncate", "mask")
-LEVELS = ("token", "sequence")
+from rlsignals.trainer.config import IS_LEVELS, IS_MODES
 
 
 def is_weights(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor, *,
                mode: str = "truncate", level: str = "token", cap: float = 2.0) -> torch.Tensor:
     """trainer_logp, rollout_logp, mask: [N, T] -> weights [N, T] (detached)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
+    if mode not in IS_MODES:
+        raise ValueError(f"mode must be one of {IS_MODES}, got {mode!r}")
+    if level not in IS_LEVELS:
+        raise ValueError(f"level must be one of {IS_LEVELS}, got {level!r}")
     if cap <= 0:
         raise ValueError(f"cap must be > 0, got {cap}")
     mask = mask.to(trainer_logp.dtype)

@@ -31,11 +31,10 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from rlsignals.signals.capture import collect_inputs, resolve_module
+from rlsignals.lm.capture import collect_inputs, resolve_module
+from rlsignals.lm.prefix import shared_prefix_len
 from rlsignals.signals.reduce import add_sums, angle_stats_from_sums, prefix_question_sums
-from rlsignals.trainer.shared_prefix import shared_prefix_len
 
-ANGLE_SIGNALS = ("precomputed", "live")  # which angle the GAIN-RL update reads
 Split = Callable[[list[int]], tuple[int, int]]  # prompt ids -> (prefix length, question end)
 
 

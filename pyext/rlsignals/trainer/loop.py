@@ -30,10 +30,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from rlsignals.io.atomic import temp_path
+from rlsignals.io.errors import UserError
 from rlsignals.signals.samplers import GainRLSampler, UniformSampler
 from rlsignals.trainer.advantages import group_advantages
+from rlsignals.trainer.config import ANGLE_SIGNALS, RLConfig
 from rlsignals.trainer.correction import is_weights
-from rlsignals.trainer.live_angles import ANGLE_SIGNALS, LiveAngles
+from rlsignals.trainer.live_angles import LiveAngles
 from rlsignals.trainer.loss import completion_logprobs, policy_loss
 from rlsignals.trainer.parallel import Parallel
 from rlsignals.trainer.rollout import hf_rollouts, mix_seed
@@ -41,32 +44,8 @@ from rlsignals.trainer.rollout import hf_rollouts, mix_seed
 STATE_FILE = "trainer_state.json"
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss was NaN or inf; the run stopped before updating the weights."""
-
-
-@dataclasses.dataclass
-class RLConfig:
-    """Settings of an RL run (all have defaults)."""
-
-    steps: int = 100
-    prompts_per_step: int = 16
-    generations: int = 8
-    max_new_tokens: int = 12
-    temperature: float = 1.0
-    lr: float = 1e-5
-    max_grad_norm: float = 1.0
-    advantage: str = "grpo"          # grpo | dr_grpo | rloo
-    clip_eps: float = 0.2
-    kl_coef: float = 0.0             # KL to the starting model (k3), off by default
-    is_mode: str = "truncate"        # none | truncate | mask (rollout/trainer mismatch correction)
-    is_level: str = "token"          # token | sequence
-    is_cap: float = 2.0
-    sampler: str = "uniform"         # uniform | gain_rl (needs scores)
-    sampler_options: dict = dataclasses.field(default_factory=dict)  # GainRLSampler settings
-    angle_signal: str = "precomputed"  # precomputed (the scores) | live (from the training forward) for GAIN-RL
-    save_every: int = 0              # steps between checkpoints (0: only at the end)
-    seed: int = 0
+class NonFiniteLossError(UserError):
+    """The loss was NaN or inf; the run stopped before updating the weights (one line from a command)."""
 
 
 RewardFn = Callable[[str, dict], float]
@@ -268,7 +247,7 @@ class RLTrainer:
         Every rank calls it (collective under FSDP); rank 0 writes all but sharded state."""
         par = self.parallel
         final = self.output_dir / f"checkpoint-{self.step}"
-        tmp = self.output_dir / f".{final.name}.tmp"
+        tmp = par.all_gather(temp_path(final))[0]  # .checkpoint-N.tmp-<pid of rank 0>: every rank writes there
         whole = par.full_model()
         if par.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)

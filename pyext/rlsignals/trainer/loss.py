@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from rlsignals.trainer.shared_prefix import pad_right, shared_prefix_len, shared_prefix_logits
+from rlsignals.lm.prefix import pad_right, prefix_logits, shared_prefix_len
 
 
 def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
@@ -38,7 +38,7 @@ def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     shared = shared_prefix_len(rows)
     if shared >= min_shared:
         ids, mask = pad_right([r[shared:] + c.tolist() for r, c in zip(rows, completion_ids)], 0)
-        logits = shared_prefix_logits(model, rows[0][:shared], ids.to(device), mask.to(device))
+        logits = prefix_logits(model, rows[0][:shared], ids.to(device), mask.to(device))
         starts = torch.tensor([len(r) - shared - 1 for r in rows], device=device)  # predicts completion token 0
     else:
         ids = torch.cat([prompt_ids, completion_ids], 1).to(device)
@@ -75,3 +75,16 @@ def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Te
     loss = (per_token * mask).sum() / denominator
     return loss, {"loss": float(loss.detach()), "kl": float(kl.detach()),
                   "clip_frac": float((((ratio - 1).abs() > clip_eps).to(logp.dtype) * mask).sum() / denominator)}
+
+
+def answer_loss(logits: torch.Tensor, suffix_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the suffix tokens where ``loss_mask`` [B, S] is 1 (SFT).
+
+    Token t of the suffix is predicted by the logits at t-1, so the first suffix
+    token is never scored (the demo's answers never start a suffix).
+    """
+    pred = logits[:, :-1].float()
+    target = suffix_ids[:, 1:]
+    weight = loss_mask[:, 1:].to(pred.dtype)
+    nll = torch.nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), reduction="none")
+    return (nll * weight.reshape(-1)).sum() / weight.sum().clamp_min(1.0)

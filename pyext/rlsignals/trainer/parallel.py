@@ -38,9 +38,8 @@ import torch
 from torch import nn
 
 from rlsignals.io.distributed import barrier, rank_and_world
-from rlsignals.signals.capture import decoder_layers
-
-KINDS = ("auto", "fsdp", "ddp", "none")
+from rlsignals.lm.capture import decoder_layers
+from rlsignals.trainer.config import PARALLEL_KINDS
 
 
 def device_for_rank() -> torch.device:
@@ -54,8 +53,8 @@ class Parallel:
     """The ranks of a run and how the policy is wrapped for them."""
 
     def __init__(self, kind: str = "none", rank: int = 0, world: int = 1):
-        if kind not in KINDS[1:]:
-            raise ValueError(f"parallel kind must be one of {KINDS[1:]}, got {kind!r}")
+        if kind not in PARALLEL_KINDS[1:]:
+            raise ValueError(f"parallel kind must be one of {PARALLEL_KINDS[1:]}, got {kind!r}")
         if (kind == "none") != (world == 1):
             raise ValueError(f"parallel kind {kind!r} does not fit a world of {world} process(es)")
         self.kind, self.rank, self.world = kind, rank, world
@@ -66,8 +65,8 @@ class Parallel:
     @classmethod
     def start(cls, kind: str = "auto") -> Parallel:
         """Join torchrun's process group (if any): "auto" is FSDP2 under torchrun, else one process."""
-        if kind not in KINDS:
-            raise ValueError(f"parallel must be one of {KINDS}, got {kind!r}")
+        if kind not in PARALLEL_KINDS:
+            raise ValueError(f"parallel must be one of {PARALLEL_KINDS}, got {kind!r}")
         rank, world = rank_and_world()
         if world == 1:
             return cls("none")

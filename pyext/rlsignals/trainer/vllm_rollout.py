@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from rlsignals.trainer.rollout import Rollouts, completion_mask, left_pad, mix_seed
+from rlsignals.lm.generate import completion_mask, left_pad
+from rlsignals.trainer.rollout import Rollouts, mix_seed
 
 
 def vllm_available() -> bool:
