@@ -8,10 +8,10 @@ import pytest
 import torch
 from helpers.tiny_models import CHATML, LLAMA3, make_model, make_tokenizer
 
+from rlsignals.lm.capture import resolve_module
 from rlsignals.signals import PromptTemplate, ScoreConfig, score_prompts
-from rlsignals.signals.capture import resolve_module
-from rlsignals.signals.prefix_cache import run_prefix
-from rlsignals.signals.scoring import EncodedPrompt, score_batch
+from rlsignals.signals.batching import EncodedPrompt
+from rlsignals.signals.scoring import run_prefix, score_batch
 
 PROMPTS = ["what is two plus three", "the", "compute the sum of seven and five and multiply six by three",
            "how many apples are left if tom eats four of nine", "twelve minus five equals seven", "x quantum 12345 ?!"]
@@ -71,7 +71,7 @@ def test_one_batch_with_a_cached_prefix_equals_its_full_forward_and_refuses_othe
     config = ScoreConfig(padding_side="left")
     with torch.inference_mode():
         state = run_prefix(model, module, prefix)
-    assert state.length == 30 and len(state.key_values) == 3  # every layer runs before the last MLP
+    assert state.length == 30 and len(state.prefix.key_values) == 3  # every layer runs before the last MLP
     full = {r["index"]: r for r in score_batch(model, module, batch, config, 0)}
     cached = {r["index"]: r for r in score_batch(model, module, batch, config, 0, state)}
     assert_rows_close(cached, full)
