@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rlsignals-installed
 
-.PHONY: demo test lint bench doctor clean
+.PHONY: demo test test-slow test-all lint bench doctor clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -23,6 +23,12 @@ demo: $(STAMP)
 	$(PY) -m rlsignals demo --overwrite
 
 test: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+test-all: $(STAMP)
 	$(PY) -m pytest
 
 lint: $(STAMP)

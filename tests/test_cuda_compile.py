@@ -32,7 +32,8 @@ STRICT = ["-Werror", "all-warnings", "-Xcompiler", "-Wall,-Wextra,-Werror",
           "-Xptxas", "--warn-on-spills,--warn-on-local-memory-usage,--warning-as-error"]
 
 NVCC = shutil.which("nvcc")
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (no CUDA toolkit on this machine)")
+pytestmark = [pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (no CUDA toolkit on this machine)"),
+              pytest.mark.slow]  # nvcc builds: about a minute on a 2-core CPU
 
 
 def nvcc(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -131,6 +131,7 @@ def test_selection_keeps_exactly_the_gpu_tests(tmp_path):
     assert from_log["failed_ids"] == ["test_sample.py::test_marked"]
 
 
+@pytest.mark.slow
 def test_tests_stopped_at_their_limit_keep_what_ran(tmp_path):
     """SIGINT first: pytest ends the hanging test and still writes its report."""
     (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: needs a CUDA device\n")

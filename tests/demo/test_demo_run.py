@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rlsignals.demo.run import DemoConfig, format_table, run_demo
 
 
+@pytest.mark.slow
 def test_quick_demo_produces_the_whole_table(tmp_path):
     cfg = DemoConfig.quick()
     results = run_demo(tmp_path, cfg, progress=False)

@@ -191,6 +191,7 @@ def test_missing_module_lists_candidates():
         resolve_module(model, "model.layers.2.mlp.c_fc")
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun_with_two_gloo_ranks_matches_one_process(tmp_path, saved_model):
     import os
     import subprocess

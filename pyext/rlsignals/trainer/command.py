@@ -32,6 +32,7 @@ SCORES_FILE = "scores.jsonl"
 def _start_scores(config: TrainConfig, inputs: Inputs, model, template, parallel) -> list[float]:
     """The GAIN-RL order: the scores file, the scores of an earlier start of this run, or
     scored now with the starting model (each rank a share; rank 0 keeps them)."""
+    from rlsignals.io.distributed import barrier
     from rlsignals.io.tables import write_table
     from rlsignals.signals.config import ScoreConfig
     from rlsignals.signals.scoring import score_prompts
@@ -50,7 +51,7 @@ def _start_scores(config: TrainConfig, inputs: Inputs, model, template, parallel
     rows = sorted((r for part in parallel.all_gather(rows) for r in part), key=lambda r: r["index"])
     if parallel.rank == 0:
         write_table(rows, kept)
-    parallel.barrier()
+    barrier(parallel.world)
     return [r["score"] for r in rows]
 
 

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlsignals.io.atomic import temp_path
+from rlsignals.io.distributed import barrier
 from rlsignals.io.errors import UserError
 from rlsignals.signals.samplers import GainRLSampler, UniformSampler
 from rlsignals.trainer.advantages import group_advantages
@@ -252,7 +253,7 @@ class RLTrainer:
         if par.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        par.barrier()
+        barrier(par.world)
         try:
             par.save_optimizer(self.optimizer, tmp)
             if par.rank == 0:
@@ -260,7 +261,7 @@ class RLTrainer:
                 self.tokenizer.save_pretrained(tmp)
                 torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
                 (tmp / STATE_FILE).write_text(json.dumps(self.state(), indent=1) + "\n")
-            par.barrier()
+            barrier(par.world)
             if par.rank == 0:
                 if final.exists():
                     shutil.rmtree(final)
@@ -268,7 +269,7 @@ class RLTrainer:
         finally:
             if par.rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-        par.barrier()
+        barrier(par.world)
         return final
 
     def load_checkpoint(self, path: str | Path) -> None:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlsignals.io.distributed import barrier, rank_and_world
+from rlsignals.io.distributed import rank_and_world
 from rlsignals.lm.capture import decoder_layers
 from rlsignals.trainer.config import PARALLEL_KINDS
 
@@ -145,9 +145,6 @@ class Parallel:
         everyone: list[Any] = [None] * self.world
         dist.all_gather_object(everyone, obj)
         return everyone
-
-    def barrier(self) -> None:
-        barrier(self.world)
 
     def _comm_device(self) -> torch.device:
         return device_for_rank() if torch.cuda.is_available() else torch.device("cpu")

@@ -50,6 +50,7 @@ from safetensors.torch import load_file, save_file
 
 from rlsignals.io.atomic import atomic_path
 from rlsignals.io.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, shape_batches
+from rlsignals.io.distributed import barrier, rank_and_world
 from rlsignals.io.errors import UserError
 from rlsignals.rank1.alpharl import UPDATES, alpharl_update
 from rlsignals.rank1.track import check_settings, top_triplets
@@ -71,19 +72,6 @@ def _local(p: torch.Tensor) -> torch.Tensor:
     """The rows this rank holds: a DTensor's local shard, else the tensor."""
     dtensor, _ = _dtensor_types()
     return p.to_local() if dtensor is not None and isinstance(p, dtensor) else p
-
-
-def _world_rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 class Rank1Tracker:
@@ -127,7 +115,7 @@ class Rank1Tracker:
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
         self.batches = shape_batches(shapes, max_batch_bytes)
         root = Path(store) if store is not None else self.base_file.parent / "rank1_trajectory"
-        self._writer = _world_rank() == 0
+        self._writer = rank_and_world()[0] == 0
         self._store = Trajectory.open_or_create(root, str(self.base_file), shapes, k=k, tol=tol)
         self._tracked = 0                       # records of this run in the store
         self._basis: dict[str, torch.Tensor] = {}
@@ -225,7 +213,7 @@ class Rank1Tracker:
             raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
         if self._tracked < 2:
             raise ValueError(f"a jump needs at least 2 tracked steps, have {self._tracked}")
-        _barrier()  # rank 0's latest record is on disk
+        barrier()  # rank 0's latest record is on disk
         traj = self.trajectory
         accuracy = traj.accuracy[:self._tracked]
         report: dict[str, Any] = {"step": traj.steps[self._tracked - 1], "target_accuracy": target_accuracy,
@@ -273,7 +261,7 @@ class Rank1Tracker:
                 raise UserError(f"{self._store.root}: the trajectory store holds {have} records, the checkpoint "
                                 f"expects {tracked} (the store of another run?)")
             self._store.truncate(tracked)
-        _barrier()
+        barrier()
         self._tracked = tracked
         self._rewards, self.jumps = list(state["rewards"]), list(state["jumps"])
         self._basis = self.trajectory.latest_basis() if tracked else {}
