@@ -50,13 +50,15 @@ def direct(trainer, rollout, mask, mode, level, cap):
                 w = min(w, cap)
             elif mode == "mask":
                 w = w if w <= cap else 0.0
+            elif mode == "two_sided":
+                w = w if 1 / cap <= w <= cap else 0.0
             else:
                 w = 1.0
             out[n, t] = w
     return out
 
 
-@pytest.mark.parametrize("mode", ["none", "truncate", "mask"])
+@pytest.mark.parametrize("mode", ["none", "truncate", "mask", "two_sided"])
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_is_weights_match_the_formula(mode, level):
     gen = torch.Generator().manual_seed(0)
@@ -67,8 +69,11 @@ def test_is_weights_match_the_formula(mode, level):
     mask[3, 2:] = False
     got = is_weights(trainer, rollout, mask, mode=mode, level=level, cap=1.5)
     assert torch.allclose(got, direct(trainer, rollout, mask, mode, level, 1.5), atol=1e-5)
-    if mode == "mask":
+    if mode == "mask" or (mode == "two_sided" and level == "token"):
         assert (got == 0).any() and (got[mask] > 0).any()
+    if mode == "two_sided" and level == "token":  # both tails dropped: a low ratio too
+        kept_by_mask = direct(trainer, rollout, mask, "mask", level, 1.5)
+        assert bool(((kept_by_mask > 0) & (kept_by_mask < 1 / 1.5) & (got == 0)).any())
 
 
 def test_is_weights_carry_no_gradient():
@@ -80,7 +85,7 @@ def test_shared_prefix_logprobs_equal_the_full_forward():
     from helpers.tiny_models import make_model
 
     from rlsignals.lm.generate import left_pad
-    from rlsignals.trainer.loss import completion_logprobs
+    from rlsignals.trainer.logprobs import completion_logprobs
 
     torch.manual_seed(0)
     model = make_model("llama", 40)

@@ -11,8 +11,8 @@ from helpers.tiny_models import CHATML, make_model, make_tokenizer
 from rlsignals.lm.prefix import shared_prefix_len
 from rlsignals.signals import GainRLSampler, PromptTemplate, ScoreConfig, TemplateBounds, score_prompts
 from rlsignals.trainer.live_angles import LiveAngles
+from rlsignals.trainer.logprobs import completion_logprobs
 from rlsignals.trainer.loop import RLConfig, RLTrainer
-from rlsignals.trainer.loss import completion_logprobs
 from rlsignals.trainer.rollout import hf_rollouts
 
 PROMPTS = ["what is two plus three", "seven", "multiply six by three and compute the sum of seven and five",

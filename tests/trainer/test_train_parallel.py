@@ -1,7 +1,8 @@
 """`rlsignals train` under torchrun: 2 gloo ranks on the CPU against 1 process with
 the same global batch and seed (same prompts, same rewards, weights after 3 steps
 equal to fp32 reduction-order tolerance), FSDP2 killed after a checkpoint and
-resumed, and DDP."""
+resumed, and DDP; the ranks cut their share into micro-batches (and generate in
+smaller batches), the single process does not."""
 
 from __future__ import annotations
 
@@ -90,19 +91,19 @@ def assert_same_run(root: Path, out: str) -> None:
 
 def test_fsdp_two_ranks_killed_and_resumed_equal_one_process(setup):
     root = setup
-    killed = run(root, TORCHRUN, "fsdp", "--parallel", "fsdp",
+    killed = run(root, TORCHRUN, "fsdp", "--parallel", "fsdp", "--micro-batch-size", "3",
                  env={"KILL_AFTER": str(root / "fsdp" / "checkpoint-2" / "trainer_state.json")})
     assert killed.returncode != 0
     assert (root / "fsdp" / "checkpoint-2" / "optimizer").is_dir()  # sharded optimizer state
     assert not (root / "fsdp" / "checkpoint-3").exists()
-    resumed = run(root, TORCHRUN, "fsdp", "--parallel", "fsdp")
+    resumed = run(root, TORCHRUN, "fsdp", "--parallel", "fsdp", "--micro-batch-size", "3")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(root, "fsdp")
 
 
 def test_ddp_two_ranks_equal_one_process(setup):
     root = setup
-    result = run(root, TORCHRUN, "ddp", "--parallel", "ddp")
+    result = run(root, TORCHRUN, "ddp", "--parallel", "ddp", "--micro-batch-size", "1", "--generation-batch-size", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (root / "ddp" / "checkpoint-3" / "optimizer.pt").is_file()
     assert_same_run(root, "ddp")

@@ -24,7 +24,7 @@ from helpers.tiny_models import CHATML, make_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 from rlsignals.signals import PromptTemplate
 from rlsignals.trainer.loop import RLConfig, RLTrainer
-from rlsignals.trainer.loss import completion_logprobs
+from rlsignals.trainer.logprobs import completion_logprobs
 from rlsignals.trainer.vllm_rollout import VLLMRollout
 
 def main(out, dtype):

@@ -31,7 +31,7 @@ from rlsignals.signals.config import ContextOptions, PromptOptions
 from rlsignals.trainer.rewards import BUILT_IN, Reward, resolve_reward
 
 ESTIMATORS = ("grpo", "dr_grpo", "rloo")           # group advantages (trainer/advantages.py)
-IS_MODES = ("none", "truncate", "mask")            # rollout mismatch correction (trainer/correction.py)
+IS_MODES = ("none", "truncate", "mask", "two_sided")  # rollout mismatch correction (trainer/correction.py)
 IS_LEVELS = ("token", "sequence")
 ANGLE_SIGNALS = ("precomputed", "live")            # which angle the GAIN-RL update reads
 PARALLEL_KINDS = ("auto", "fsdp", "ddp", "none")   # trainer/parallel.py
@@ -40,7 +40,8 @@ ROLLOUTS = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16")
 PATH_KEYS = ("model", "data", "few_shot", "scores")
 POSITIVE = ("steps", "prompts_per_step", "max_new_tokens", "tracker_every", "lr", "temperature", "max_grad_norm",
-            "is_cap")
+            "is_cap", "ppo_epochs", "lm_head_chunk")
+POSITIVE_OR_NONE = ("mini_batch_size", "micro_batch_size", "generation_batch_size")
 AT_LEAST_ZERO = ("save_every", "clip_eps", "kl_coef", "seed")
 DATA_TYPES = (".jsonl", ".parquet", ".json", ".csv")
 
@@ -61,7 +62,17 @@ class RLConfig:
     kl_coef: float = option(0.0, "k3 KL to the starting model (0: off)")
     is_mode: str = option("truncate", "rollout/trainer mismatch correction", choices=IS_MODES)
     is_level: str = option("token", "the correction per token or per sequence", choices=IS_LEVELS)
-    is_cap: float = option(2.0, "the correction's cap c")
+    is_cap: float = option(2.0, "the correction's cap c (two_sided keeps ratios in [1/c, c])")
+    ppo_epochs: int = option(1, "passes over each batch of rollouts (updates per batch: ppo_epochs x mini-batches)")
+    mini_batch_size: int | None = option(None, "samples per optimizer update, over all ranks (none: the whole "
+                                               "batch, one update per epoch)")
+    micro_batch_size: int | None = option(None, "samples per forward/backward on a rank (gradient accumulation; "
+                                                "none: a whole mini-batch at once)")
+    generation_batch_size: int | None = option(None, "samples per generate call on a rank (none: all at once)")
+    lm_head_chunk: int = option(256, "completion tokens per LM-head chunk of the log-probabilities: the head's "
+                                     "memory is about lm_head_chunk x vocabulary fp32 numbers")
+    gradient_checkpointing: bool = option(False, "recompute the decoder's activations in backward (saves memory; "
+                                                 "the forward then runs prompt and completion as one batch)")
     sampler: str = option("uniform", "prompt sampler (gain_rl needs angle scores)", choices=SAMPLERS)
     sampler_options: dict = option(help="GAIN-RL settings (JSON on the command line)", default_factory=dict)
     angle_signal: str = option("precomputed", "the angle the GAIN-RL update reads: the scores, or live from the "
@@ -125,6 +136,10 @@ def validate(config: TrainConfig) -> None:
         value = getattr(config, key)
         if not (value > 0 and math.isfinite(value)):
             raise ConfigError(f"config key {key!r} must be > 0, got {value!r}")
+    for key in POSITIVE_OR_NONE:
+        value = getattr(config, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1 or none, got {value!r}")
     for key in AT_LEAST_ZERO:
         if getattr(config, key) < 0:
             raise ConfigError(f"config key {key!r} must be >= 0, got {getattr(config, key)!r}")
@@ -150,8 +165,27 @@ def validate(config: TrainConfig) -> None:
         raise ConfigError("angle_signal = 'live' needs live_angles = true")
     if config.angle_signal == "live" and config.sampler != "gain_rl":
         raise ConfigError("angle_signal = 'live' drives the GAIN-RL update; set sampler = 'gain_rl'")
+    if config.is_mode == "two_sided" and config.is_cap < 1:
+        raise ConfigError(f"is_mode = 'two_sided' keeps ratios in [1/is_cap, is_cap]: is_cap must be >= 1, got "
+                          f"{config.is_cap}")
     if config.overwrite and config.resume:
         raise ConfigError("overwrite = true replaces an earlier run's output_dir; it needs resume = false")
+
+
+def batch_sizes(config: RLConfig, world: int) -> tuple[int, int]:
+    """(mini-batch, micro-batch) in samples on each of ``world`` ranks; ValueError (one line)
+    when the settings do not split the step's batch evenly."""
+    per_rank = config.prompts_per_step // world * config.generations
+    mini = per_rank
+    if config.mini_batch_size is not None:
+        total = config.prompts_per_step * config.generations
+        if total % config.mini_batch_size or config.mini_batch_size % world:
+            raise ValueError(f"mini_batch_size ({config.mini_batch_size}) must divide the step's "
+                             f"{total} samples (prompts_per_step x generations) and be a multiple of the {world} "
+                             "rank(s)")
+        mini = config.mini_batch_size // world
+    micro = min(config.micro_batch_size or mini, mini)
+    return mini, micro
 
 
 @dataclasses.dataclass
@@ -219,6 +253,10 @@ def check_inputs(config: TrainConfig, world: int = 1) -> Inputs:
         raise ConfigError(f"prompts_per_step ({config.prompts_per_step}) exceeds the dataset's {len(rows)} rows")
     if config.prompts_per_step % world:
         raise ConfigError(f"prompts_per_step ({config.prompts_per_step}) must be a multiple of the {world} ranks")
+    try:
+        batch_sizes(config, world)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if config.few_shot is not None and not Path(config.few_shot).is_file():
         raise ConfigError(f"few_shot file {config.few_shot} does not exist")
     try:

@@ -10,6 +10,7 @@ the update, detached). The weight multiplies each token's policy-gradient term:
 
     mode="truncate"   min(w, cap)                     (truncated IS)
     mode="mask"       w if w <= cap else 0            (masked IS: drop the outliers)
+    mode="two_sided"  w if 1/cap <= w <= cap else 0   (drop both tails)
     mode="none"       1
 
 Padding positions (mask 0) get weight 0.
@@ -29,8 +30,8 @@ def is_weights(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: tor
         raise ValueError(f"mode must be one of {IS_MODES}, got {mode!r}")
     if level not in IS_LEVELS:
         raise ValueError(f"level must be one of {IS_LEVELS}, got {level!r}")
-    if cap <= 0:
-        raise ValueError(f"cap must be > 0, got {cap}")
+    if cap <= 0 or (mode == "two_sided" and cap < 1):
+        raise ValueError(f"cap must be > 0 (>= 1 for two_sided: the kept ratios are [1/cap, cap]), got {cap}")
     mask = mask.to(trainer_logp.dtype)
     if mode == "none":
         return mask
@@ -38,5 +39,8 @@ def is_weights(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: tor
     if level == "sequence":
         log_w = log_w.sum(1, keepdim=True).expand_as(log_w)
     w = log_w.exp()
-    w = torch.minimum(w, torch.full_like(w, cap)) if mode == "truncate" else torch.where(w <= cap, w, 0.0)
+    if mode == "truncate":
+        w = torch.minimum(w, torch.full_like(w, cap))
+    else:
+        w = torch.where((w <= cap) & ((w >= 1 / cap) if mode == "two_sided" else True), w, 0.0)
     return w * mask

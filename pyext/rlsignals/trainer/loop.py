@@ -1,10 +1,18 @@
-"""The RL loop: sample prompts, roll out, reward, advantages, one token-level
-policy-gradient update, feedback to the sampler, (optionally) the AlphaRL
+"""The RL loop: sample prompts, roll out, reward, advantages, token-level
+policy-gradient updates, feedback to the sampler, (optionally) the AlphaRL
 tracker; metrics per step and resumable HF checkpoints.
 
-Fully on-policy by default (one update per batch of rollouts); data parallel
-under torchrun (``parallel.py``); the live angle signal from the training
-forward (``live_angles.py``). Faults:
+A step's memory is bounded by a micro-batch, not by the batch, the length or the
+vocabulary: rollouts are generated ``generation_batch_size`` samples at a time (each
+token's log-prob taken as it is drawn); the update runs ``ppo_epochs`` passes, one
+optimizer step per mini-batch (``mini_batch_size`` samples over all ranks), each the
+accumulated gradient of its micro-batches (``micro_batch_size`` samples per
+forward/backward), whose losses are their shares of the mini-batch's global token mean;
+the log-probabilities come from the LM head applied at the completion positions only, a
+chunk of tokens at a time (``logprobs.py``). With the defaults (one epoch, the whole
+batch) a step is one on-policy update, as TRL with num_iterations = 1. Data parallel
+under torchrun (``parallel.py``); the live angle signal from the first forward over the
+batch (``live_angles.py``). Faults:
 a reward function that raises on a sample gives that sample reward 0 and a
 logged warning, and the step goes on; a non-finite loss stops the run with
 ``NonFiniteLossError`` before any weight changes, and the last checkpoint
@@ -35,12 +43,13 @@ from rlsignals.io.distributed import barrier
 from rlsignals.io.errors import UserError
 from rlsignals.signals.samplers import GainRLSampler, UniformSampler
 from rlsignals.trainer.advantages import group_advantages
-from rlsignals.trainer.config import ANGLE_SIGNALS, RLConfig
+from rlsignals.trainer.config import ANGLE_SIGNALS, RLConfig, batch_sizes
 from rlsignals.trainer.correction import is_weights
 from rlsignals.trainer.live_angles import LiveAngles
-from rlsignals.trainer.loss import completion_logprobs, policy_loss
+from rlsignals.trainer.logprobs import completion_logprobs
+from rlsignals.trainer.loss import policy_loss
 from rlsignals.trainer.parallel import Parallel
-from rlsignals.trainer.rollout import hf_rollouts, mix_seed
+from rlsignals.trainer.rollout import Rollouts, hf_rollouts, mix_seed
 
 STATE_FILE = "trainer_state.json"
 
@@ -100,11 +109,17 @@ class RLTrainer:
         else:
             raise ValueError(f"sampler must be 'uniform' or 'gain_rl', got {config.sampler!r}")
         self.scores = None if scores is None else torch.as_tensor(scores, dtype=torch.float64)
+        self.batch_sizes = batch_sizes(config, self.parallel.world)
         self.reference = copy.deepcopy(model).eval().requires_grad_(False) if config.kl_coef > 0 else None
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.train_module = self.parallel.wrap(model)
+        self.device = next(model.parameters()).device
         self.optimizer = torch.optim.AdamW(self.train_module.parameters(), lr=config.lr, weight_decay=0.0)
-        # the shared-prefix forward makes a rank-dependent number of module calls: one process only
-        self.min_shared = 16 if self.parallel.world == 1 else 1 << 62
+        # the shared-prefix forward makes a rank-dependent number of module calls: one process only; and
+        # gradient checkpointing runs without a key/value cache
+        self.min_shared = 16 if self.parallel.world == 1 and not config.gradient_checkpointing else 1 << 62
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.step = 0
         self.history: list[dict[str, Any]] = []
 
@@ -128,6 +143,93 @@ class RLTrainer:
         share = len(indices) // self.parallel.world
         return indices[self.parallel.rank * share:(self.parallel.rank + 1) * share]
 
+    def _rollouts(self, policy, mine: list[int], keys: list[int]) -> Rollouts:
+        """The step's rollouts of this rank's prompts, ``generation_batch_size`` samples (whole
+        prompts) per engine call: the draws are keyed per prompt, so the split changes nothing."""
+        cfg = self.config
+        per_call = max(1, (cfg.generation_batch_size or len(mine) * cfg.generations) // cfg.generations)
+        parts = [self.rollout(policy, self.tokenizer, [self.render(self.rows[i]) for i in mine[at:at + per_call]],
+                              cfg.generations, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                              keys=keys[at:at + per_call])
+                 for at in range(0, len(mine), per_call)]
+        return parts[0] if len(parts) == 1 else Rollouts.concat(parts, self.pad_id)
+
+    def _logprobs(self, model, rollouts: Rollouts, rows: slice) -> torch.Tensor:
+        """log pi of the completion tokens of samples ``rows`` [n, T] under ``model`` (logprobs.py)."""
+        return completion_logprobs(model, rollouts.prompt_ids[rows], rollouts.prompt_mask[rows],
+                                   rollouts.completion_ids[rows], rollouts.completion_mask[rows],
+                                   temperature=self.config.temperature, min_shared=self.min_shared,
+                                   chunk=self.config.lm_head_chunk)
+
+    def _forward(self, rollouts: Rollouts, rows: slice, live: dict | None) -> torch.Tensor:
+        """Training-mode log-probs of samples ``rows``; when ``live`` is a dict, the live angle
+        signal of the prompts whose first sample is among them is added to it (prompt -> stats)."""
+        g = self.config.generations
+        firsts = [n for n in range(rows.start, rows.stop) if n % g == 0]
+        if live is None or self.live_angles is None or not firsts:
+            return self._logprobs(self.train_module, rollouts, rows)
+        with self.live_angles.capture():
+            logp = self._logprobs(self.train_module, rollouts, rows)
+        stats = self.live_angles.compute(rollouts.prompt_ids[rows], rollouts.prompt_mask[rows],
+                                         [n - rows.start for n in firsts], self.min_shared)
+        for i, n in enumerate(firsts):
+            live[n // g] = {key: stats[key][i] for key in ("intra", "inter", "score")}
+        return logp
+
+    def _update(self, rollouts: Rollouts, advantages: torch.Tensor, sums: dict, live: dict | None) -> dict:
+        """``ppo_epochs`` passes over the batch, one optimizer update per mini-batch, each the
+        sum of its micro-batches' gradients of their share of the mini-batch's global token
+        mean. pi_old is the policy before the first update: taken from the first forward when
+        there is only one update (so the step equals a single full-batch step), else computed
+        once, without gradient, before the updates."""
+        cfg, par = self.config, self.parallel
+        n = rollouts.completion_ids.shape[0]
+        mini, micro = self.batch_sizes
+        masks = rollouts.completion_mask.to(self.device)
+        rollout_logp = rollouts.rollout_logp.to(self.device)
+        advantages = advantages.to(self.device)
+        minis = [slice(at, min(at + mini, n)) for at in range(0, n, mini)]
+        old = None
+        if cfg.ppo_epochs > 1 or len(minis) > 1:
+            with torch.no_grad():
+                old = torch.cat([self._forward(rollouts, rows, live) for rows in _slices(0, n, micro)])
+            live = None
+        totals = {"loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "grad_norm": 0.0}
+        updates = 0
+        for _ in range(cfg.ppo_epochs):
+            for batch in minis:
+                tokens, = par.all_sum([float(masks[batch].sum())])
+                for rows in _slices(batch.start, batch.stop, micro):
+                    logp = self._forward(rollouts, rows, live)
+                    pi_old = old[rows] if old is not None else logp.detach()
+                    weights = is_weights(pi_old, rollout_logp[rows], masks[rows], mode=cfg.is_mode, level=cfg.is_level,
+                                         cap=cfg.is_cap)
+                    ref_logp = None
+                    if self.reference is not None:
+                        with torch.no_grad():
+                            ref_logp = self._logprobs(self.reference, rollouts, rows)
+                    loss, metrics = policy_loss(logp, pi_old, advantages[rows], weights, masks[rows],
+                                                clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, ref_logp=ref_logp,
+                                                num_tokens=tokens)
+                    if not math.isfinite(metrics["loss"]):
+                        raise NonFiniteLossError(f"step {self.step + 1}: the loss is {metrics['loss']}; stopped before "
+                                                 f"updating the weights. The last good checkpoint is "
+                                                 f"{self.latest_checkpoint() or 'none'}.")
+                    (loss * par.world).backward()  # the ranks' gradients are averaged: each adds its global share
+                    for key in ("loss", "kl", "clip_frac"):
+                        totals[key] += metrics[key]
+                    if updates == 0:  # the IS correction and mismatch as the batch was drawn (pi_old vs rollout)
+                        sums["is_weight"] += float((weights * masks[rows]).sum())
+                        sums["log_ratio"] += float(((pi_old - rollout_logp[rows]) * masks[rows]).sum())
+                    live = None if rows.stop >= n else live
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.train_module.parameters(), cfg.max_grad_norm)
+                totals["grad_norm"] += float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor")
+                                             else grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                updates += 1
+        return {key: value / updates for key, value in totals.items()} | {"updates": updates}
+
     def train_step(self) -> dict[str, Any]:
         cfg, par = self.config, self.parallel
         indices = self.sampler.draw()
@@ -135,56 +237,28 @@ class RLTrainer:
         keys = [mix_seed(cfg.seed, self.step + 1, i) for i in mine]
         policy = par.full_model()
         policy.eval()
-        rollouts = self.rollout(policy, self.tokenizer, [self.render(self.rows[i]) for i in mine],
-                                cfg.generations, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                keys=keys)
+        rollouts = self._rollouts(policy, mine, keys)
         rewards, failures = self._rewards(rollouts.texts, mine)
         advantages = group_advantages(rewards, cfg.advantage).flatten()
         self.train_module.train()
-        args = (rollouts.prompt_ids, rollouts.prompt_mask, rollouts.completion_ids, rollouts.completion_mask)
-        capture = self.live_angles.capture() if self.live_angles is not None else contextlib.nullcontext()
-        with capture:
-            logp = completion_logprobs(self.train_module, *args, temperature=cfg.temperature,
-                                       min_shared=self.min_shared)
-        live = None
-        if self.live_angles is not None:
-            live = self.live_angles.compute(rollouts.prompt_ids, rollouts.prompt_mask,
-                                            range(0, len(mine) * cfg.generations, cfg.generations), self.min_shared)
-        mask = rollouts.completion_mask.to(logp.device)
-        rollout_logp = rollouts.rollout_logp.to(logp.device)
-        weights = is_weights(logp, rollout_logp, mask, mode=cfg.is_mode, level=cfg.is_level, cap=cfg.is_cap)
-        ref_logp = None
-        if self.reference is not None:
-            with torch.no_grad():
-                ref_logp = completion_logprobs(self.reference, *args, temperature=cfg.temperature,
-                                               min_shared=self.min_shared)
-        num_tokens, = par.all_sum([float(mask.sum())])
-        loss, metrics = policy_loss(logp, logp.detach(), advantages.to(logp.device), weights, mask,
-                                    clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, ref_logp=ref_logp,
-                                    num_tokens=num_tokens)
-        log_ratio = ((logp.detach() - rollout_logp) * mask).sum()
-        sums = par.all_sum([metrics["loss"], metrics["kl"], metrics["clip_frac"], float(rewards.sum()), failures,
-                            float((weights * mask).sum()), float(log_ratio)])
-        metrics = {"loss": sums[0], "kl": sums[1], "clip_frac": sums[2]}
-        if not math.isfinite(metrics["loss"]):
-            raise NonFiniteLossError(f"step {self.step + 1}: the loss is {metrics['loss']}; stopped before updating "
-                                     f"the weights. The last good checkpoint is {self.latest_checkpoint() or 'none'}.")
-        (loss * par.world).backward()  # the ranks' gradients are averaged: each adds its share of the global mean
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.train_module.parameters(), cfg.max_grad_norm)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        num_tokens, = par.all_sum([float(rollouts.completion_mask.sum())])
+        sums = {"is_weight": 0.0, "log_ratio": 0.0}
+        live: dict | None = {} if self.live_angles is not None else None
+        metrics = self._update(rollouts, advantages, sums, live)
+        summed = par.all_sum([metrics["loss"], metrics["kl"], metrics["clip_frac"], float(rewards.sum()), failures,
+                              sums["is_weight"], sums["log_ratio"]])
+        metrics |= {"loss": summed[0], "kl": summed[1], "clip_frac": summed[2]}
         self.step += 1
-        accuracy = sums[3] / (len(indices) * cfg.generations)
+        accuracy = summed[3] / (len(indices) * cfg.generations)
         prompt_rewards = [r for part in par.all_gather(rewards.mean(1).tolist()) for r in part]
         record = {"step": self.step, "reward": accuracy, "prompts": indices, "prompt_rewards": prompt_rewards,
-                  **metrics, "grad_norm": float(grad_norm), "is_weight_mean": sums[5] / max(num_tokens, 1.0),
-                  "rollout_log_ratio": sums[6] / max(num_tokens, 1.0),
-                  "completion_tokens": num_tokens / (len(indices) * cfg.generations), "reward_failures": int(sums[4])}
+                  **metrics, "is_weight_mean": summed[5] / max(num_tokens, 1.0),
+                  "rollout_log_ratio": summed[6] / max(num_tokens, 1.0),
+                  "completion_tokens": num_tokens / (len(indices) * cfg.generations), "reward_failures": int(summed[4])}
         if live is not None:
-            gathered = par.all_gather(live)
+            gathered = par.all_gather([live[i] for i in range(len(mine))])
             for key in ("intra", "inter", "score"):
-                values = [v for part in gathered for v in part[key]]
+                values = [stats[key] for part in gathered for stats in part]
                 record[f"angle_live_{key}"] = values
                 record[f"angle_live_{key}_mean"] = sum(values) / len(values)
         angle = None
@@ -297,3 +371,7 @@ class RLTrainer:
             hook.load_state_dict(hook_state)
         self.step = int(state["global_step"])
         self.history = state["history"]
+
+
+def _slices(start: int, stop: int, size: int) -> list[slice]:
+    return [slice(at, min(at + size, stop)) for at in range(start, stop, size)]

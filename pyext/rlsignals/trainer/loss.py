@@ -1,9 +1,10 @@
 """The policy-gradient loss, token level.
 
 For sample n with advantage A_n and completion tokens t (mask m_nt), with
-log pi(y_t) from the trainer (at the sampling temperature), pi_old its value
-before the update (detached; one update per batch makes the ratio 1 with the
-gradient of log pi), and IS weight w_nt (correction.py):
+log pi(y_t) from the trainer (at the sampling temperature, ``logprobs.py``), pi_old its
+value before the batch's first update (detached; with one update per batch the ratio is 1
+and only its gradient acts, from the second update on the clip acts) and IS weight w_nt
+(correction.py):
 
     ratio = exp(log pi - log pi_old)
     pg_nt = -w_nt * min(ratio A_n, clip(ratio, 1 - eps, 1 + eps) A_n)
@@ -11,45 +12,14 @@ gradient of log pi), and IS weight w_nt (correction.py):
     loss  = sum_nt m_nt (pg_nt + kl_coef kl_nt) / num_tokens
 
 (every token counts once across the batch: no per-sequence length normalisation).
-num_tokens defaults to sum_nt m_nt; a data-parallel rank passes the token count
-of the whole global batch, so that its loss is its share of the global one.
+num_tokens defaults to sum_nt m_nt; a micro-batch, or a data-parallel rank, passes the
+token count of its whole (global) mini-batch, so that its loss is its share of the
+mini-batch's and the accumulated gradients are those of the whole mini-batch.
 """
 
 from __future__ import annotations
 
 import torch
-
-from rlsignals.lm.prefix import pad_right, prefix_logits, shared_prefix_len
-
-
-def completion_logprobs(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                        completion_mask: torch.Tensor, temperature: float = 1.0, min_shared: int = 16) -> torch.Tensor:
-    """log pi(y_t | prefix) of each completion token, [N, T] (0 at padding). Differentiable.
-
-    When the prompts (left-padded in ``prompt_ids``) share a prefix of at least
-    ``min_shared`` tokens (a few-shot prefix, or G samples of one prompt), the
-    prefix runs once, its key/value cache is repeated for the N rows, and only
-    the rest of each prompt and its completion run on top (right-padded). Causal
-    attention makes this the same computation; gradients reach the parameters
-    through the prefix's keys and values too.
-    """
-    device = next(model.parameters()).device
-    rows = [ids[m.bool()].tolist() for ids, m in zip(prompt_ids, prompt_mask)]
-    shared = shared_prefix_len(rows)
-    if shared >= min_shared:
-        ids, mask = pad_right([r[shared:] + c.tolist() for r, c in zip(rows, completion_ids)], 0)
-        logits = prefix_logits(model, rows[0][:shared], ids.to(device), mask.to(device))
-        starts = torch.tensor([len(r) - shared - 1 for r in rows], device=device)  # predicts completion token 0
-    else:
-        ids = torch.cat([prompt_ids, completion_ids], 1).to(device)
-        mask = torch.cat([prompt_mask, completion_mask], 1).to(device)
-        positions = (mask.cumsum(1) - 1).clamp_min(0)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
-        starts = torch.full((len(rows),), prompt_ids.shape[1] - 1, device=device)
-    steps = starts[:, None] + torch.arange(completion_ids.shape[1], device=device)[None, :]
-    picked = logits.gather(1, steps[..., None].expand(-1, -1, logits.shape[-1])).float() / temperature
-    logp = torch.log_softmax(picked, -1).gather(2, completion_ids.to(device)[..., None])[..., 0]
-    return logp * completion_mask.to(device)
 
 
 def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, weights: torch.Tensor,

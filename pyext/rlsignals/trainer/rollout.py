@@ -39,6 +39,23 @@ class Rollouts:
     rollout_logp: torch.Tensor     # [N, T] log-prob of each sampled token under the rollout policy (0 at padding)
     texts: list[str]
 
+    @classmethod
+    def concat(cls, parts: Sequence[Rollouts], pad_id: int) -> Rollouts:
+        """The samples of ``parts`` in order: prompts left-padded (mask 0) and completions
+        right-padded (mask 0, log-prob 0) to the widest part."""
+        width = max(p.prompt_ids.shape[1] for p in parts)
+        length = max(p.completion_ids.shape[1] for p in parts)
+
+        def pad(t: torch.Tensor, value: float, left: int = 0, right: int = 0) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (left, right), value=value)
+
+        return cls(torch.cat([pad(p.prompt_ids, pad_id, width - p.prompt_ids.shape[1]) for p in parts]),
+                   torch.cat([pad(p.prompt_mask, 0, width - p.prompt_mask.shape[1]) for p in parts]),
+                   torch.cat([pad(p.completion_ids, pad_id, 0, length - p.completion_ids.shape[1]) for p in parts]),
+                   torch.cat([pad(p.completion_mask, 0, 0, length - p.completion_mask.shape[1]) for p in parts]),
+                   torch.cat([pad(p.rollout_logp, 0.0, 0, length - p.rollout_logp.shape[1]) for p in parts]),
+                   [text for p in parts for text in p.texts])
+
 
 def mix_seed(*parts: int | str) -> int:
     """A 63-bit seed from any parts (the same on every machine and rank)."""
