@@ -56,6 +56,26 @@ def test_records_equal_a_dense_svd_and_the_jump_follows_the_rule(tmp_path):
         assert report["r2"][n] > 0.999 and not torch.equal(p.detach(), before[n])
 
 
+def test_a_jump_steps_ahead_follows_the_line(tmp_path):
+    """linear in the step: two steps past step 3 of the planted line is its step 5."""
+    torch.manual_seed(0)
+    model = make_model("llama", 40)
+    tracker = Rank1Tracker(model, every=1, base_file=tmp_path / "base.safetensors", include=r"q_proj\.weight$",
+                           jump_at=3, jump_ahead=2)
+    w0 = {n: p.detach().clone() for n, p in tracker.params.items()}
+    directions = planted_steps(tracker, w0, (1, 2, 3))
+    report = tracker.scheduled_jump(3)
+    assert report["method"] == "linear_step" and report["target_step"] == 5 and tracker.scheduled_jump(4) is None
+    for n, p in tracker.params.items():
+        a, b = directions[n]
+        planted = w0[n] + 0.05 * torch.outer(a, b)
+        assert (p.detach() - planted).norm() / (planted - w0[n]).norm() < 1e-2
+        assert report["r2"][n] > 0.999
+    with pytest.raises(ValueError, match="jump_at goes with one of jump_target"):
+        Rank1Tracker(model, every=1, base_file=tmp_path / "other.safetensors", jump_at=3, jump_target=0.5,
+                     jump_ahead=2)
+
+
 def test_checkpoint_state_does_not_grow_with_tracked_steps(tmp_path):
     """The state a checkpoint keeps is a few numbers; each record is k (m + n) floats
     per module (plus the scalars) in safetensors."""

@@ -53,8 +53,7 @@ class Rank1TrackerCallback(TrainerCallback):
         step = state.global_step
         if step % self.tracker.every == 0:
             self.tracker.track(step, self._accuracy(state))
-        if self.tracker.jump_at is not None and step == self.tracker.jump_at:
-            self.tracker.jump(self.tracker.jump_target, self.tracker.jump_update)
+        self.tracker.scheduled_jump(step)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

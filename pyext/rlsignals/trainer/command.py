@@ -55,7 +55,7 @@ def _start_scores(config: TrainConfig, inputs: Inputs, model, template, parallel
     return [r["score"] for r in rows]
 
 
-def encode_rows(config: TrainConfig, inputs: Inputs, template, context: int | None) -> list[list[int]]:
+def encode_rows(config: TrainConfig, rows: list[dict], template, context: int | None) -> list[list[int]]:
     """Every row's prompt token ids, fitted to ``max_length`` (default: the model's context less
     ``max_new_tokens``) as `rlsignals score` fits them (``prompts.fit_context``)."""
     import warnings
@@ -74,7 +74,7 @@ def encode_rows(config: TrainConfig, inputs: Inputs, template, context: int | No
         limit, text = None, None
     split = TemplateBounds.detect(template).split
     encoded, truncated = [], 0
-    for index, row in enumerate(inputs.rows):
+    for index, row in enumerate(rows):
         ids = template.token_ids(row[config.prompt_field])
         ids, _, cut = fit_context(ids, *split(ids), limit, config.on_long, index, text)
         encoded.append(ids)
@@ -85,12 +85,19 @@ def encode_rows(config: TrainConfig, inputs: Inputs, template, context: int | No
     return encoded
 
 
+def _renderer(rows: list[dict], prompts: list[list[int]]):
+    """row -> its encoded prompt (rows are the dataset's own dicts)."""
+    by_id = {id(row): i for i, row in enumerate(rows)}
+    return lambda row: prompts[by_id[id(row)]]
+
+
 def train_from_config(config: TrainConfig, inputs: Inputs, parallel) -> list[dict]:
     """Build everything from a checked config and run it; returns the step records."""
     from transformers import AutoConfig, AutoTokenizer
 
     from rlsignals.io.models import load_model, quiet_transformers
     from rlsignals.signals.prompts import PromptTemplate, TemplateBounds, load_few_shot
+    from rlsignals.trainer.evaluate import Evaluation
     from rlsignals.trainer.live_angles import LiveAngles
     from rlsignals.trainer.loop import RLTrainer
     from rlsignals.trainer.rollout import hf_rollouts
@@ -100,9 +107,13 @@ def train_from_config(config: TrainConfig, inputs: Inputs, parallel) -> list[dic
     few_shot = load_few_shot(config.few_shot) if config.few_shot else []
     template = PromptTemplate(tokenizer, config.system_prompt, few_shot, config.use_chat_template)
     context = getattr(AutoConfig.from_pretrained(config.model), "max_position_embeddings", None)
-    prompts = encode_rows(config, inputs, template, context)
+    render = _renderer(inputs.rows, encode_rows(config, inputs.rows, template, context))
+    evaluation = None
+    if inputs.eval_rows is not None:
+        evaluation = Evaluation(tokenizer, inputs.eval_rows,
+                                _renderer(inputs.eval_rows, encode_rows(config, inputs.eval_rows, template, context)),
+                                inputs.reward, every=config.eval_every, max_new_tokens=config.max_new_tokens)
     model, _ = load_model(config.model, tokenizer, "auto", config.dtype)
-    by_id = {id(row): i for i, row in enumerate(inputs.rows)}
     scores = _start_scores(config, inputs, model, template, parallel) if config.sampler == "gain_rl" else None
     live = LiveAngles(model, TemplateBounds.detect(template).split, module=config.angle_module,
                       intra_weight=config.intra_weight, inter_weight=config.inter_weight) \
@@ -112,14 +123,17 @@ def train_from_config(config: TrainConfig, inputs: Inputs, parallel) -> list[dic
         from rlsignals.trainer.vllm_rollout import VLLMRollout
 
         rollout = VLLMRollout(config.model, seed=config.seed, **config.vllm_options)
-    trainer = RLTrainer(model, tokenizer, inputs.rows, lambda row: prompts[by_id[id(row)]], inputs.reward,
-                        narrow(config, RLConfig), config.output_dir, scores=scores, rollout=rollout,
-                        parallel=parallel, live_angles=live)
+    trainer = RLTrainer(model, tokenizer, inputs.rows, render, inputs.reward, narrow(config, RLConfig),
+                        config.output_dir, scores=scores, rollout=rollout, parallel=parallel, live_angles=live,
+                        hooks=[evaluation] if evaluation is not None else [])
     if config.tracker:  # on every rank, made after wrapping: under FSDP it tracks the row slabs of the shards
         from rlsignals.trainer.tracker import Rank1Tracker
 
         trainer.hooks.append(Rank1Tracker(trainer.model, config.tracker_every,
-                                          Path(config.output_dir) / "rank1_base.safetensors"))
+                                          Path(config.output_dir) / "rank1_base.safetensors",
+                                          jump_at=config.jump_at, jump_target=config.jump_target,
+                                          jump_ahead=config.jump_ahead, jump_update=config.jump_update,
+                                          accuracy_key=config.tracker_accuracy, evaluation=evaluation))
     return trainer.train(resume=config.resume, progress=config.progress)
 
 

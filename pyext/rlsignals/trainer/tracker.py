@@ -25,6 +25,13 @@ rank (one node, or a shared file system) for ``jump`` and resume.
 the aligned features sigma_t u_t and those accuracies (``rlsignals.rank1.alpharl``),
 inverts it at the target and adds x* v_T^T to the current weights (the
 released rule; ``update="replace"`` swaps the rank-1 part instead).
+``jump(steps_ahead=k)`` instead fits each feature coordinate linearly in the step and
+evaluates the line k steps past the latest tracked step (``linear_in_step``), swapping
+the rank-1 part: W_T + (x* - x_T) v_T^T. The accuracy recorded with a tracked step is
+the mean of ``record[accuracy_key]`` since the previous tracked step (the training
+reward by default; ``"eval_accuracy"`` with an ``Evaluation`` hook run before the
+tracker). As a hook, the tracker jumps once at ``jump_at`` and, given an
+``Evaluation``, logs the held-out accuracy just before and just after the jump.
 
 W_0 (the tracked parameters when the tracker is made: make it before training)
 is kept on the parameters' device and saved once to ``base_file`` (one file per
@@ -40,7 +47,9 @@ transformers Trainer (TRL included).
 
 from __future__ import annotations
 
+import math
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +61,7 @@ from rlsignals.io.atomic import atomic_path
 from rlsignals.io.checkpoints import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, shape_batches
 from rlsignals.io.distributed import barrier, rank_and_world
 from rlsignals.io.errors import UserError
-from rlsignals.rank1.alpharl import UPDATES, alpharl_update
+from rlsignals.rank1.alpharl import UPDATES, aligned_features, alpharl_update, linear_in_step
 from rlsignals.rank1.track import check_settings, top_triplets
 from rlsignals.rank1.trajectory import INDEX, Trajectory
 
@@ -82,19 +91,25 @@ class Rank1Tracker:
     base_file: where W_0 is saved (and loaded from on resume).
     store: the trajectory store's folder (default: ``rank1_trajectory`` beside base_file).
     k, tol, max_iters, backend, max_batch_bytes: as ``rlsignals.rank1.track.track_rank1``.
-    jump_at, jump_target, jump_update: jump once at step ``jump_at`` (hook and callback).
+    jump_at, jump_target | jump_ahead, jump_update: jump once at step ``jump_at`` (hook and
+        callback) to the AlphaRL prediction at accuracy ``jump_target``, or ``jump_ahead``
+        steps ahead linearly in the step.
+    accuracy_key: the record entry averaged into each tracked step's accuracy.
+    evaluation: an ``Evaluation`` (trainer/evaluate.py) for the accuracy before and after the jump.
     """
 
     def __init__(self, model: torch.nn.Module, every: int, base_file: str | Path, *, store: str | Path | None = None,
                  include: str = DEFAULT_INCLUDE, exclude: str | None = DEFAULT_EXCLUDE, k: int = 1,
                  tol: float = 1e-4, max_iters: int | None = None, backend: str = "auto",
                  max_batch_bytes: int = 1 << 30, jump_at: int | None = None, jump_target: float | None = None,
-                 jump_update: str = "released"):
+                 jump_ahead: int | None = None, jump_update: str = "released", accuracy_key: str = "reward",
+                 evaluation=None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an int >= 1, got {every!r}")
-        if (jump_at is None) != (jump_target is None):
-            raise ValueError(f"jump_at and jump_target go together, got jump_at={jump_at!r}, "
-                             f"jump_target={jump_target!r}")
+        if (jump_at is None) != (jump_target is None and jump_ahead is None) or \
+                (jump_target is not None and jump_ahead is not None):
+            raise ValueError(f"jump_at goes with one of jump_target (AlphaRL) and jump_ahead (linear in the step), "
+                             f"got jump_at={jump_at!r}, jump_target={jump_target!r}, jump_ahead={jump_ahead!r}")
         if jump_update not in UPDATES:
             raise ValueError(f"jump_update must be one of {UPDATES}, got {jump_update!r}")
         keep, drop = re.compile(include), re.compile(exclude) if exclude else None
@@ -109,7 +124,9 @@ class Rank1Tracker:
         self.group = self._process_group()
         self.rows = self._row_ranges()
         self.every, self.k, self.tol, self.max_iters, self.backend = every, k, tol, max_iters, backend
-        self.jump_at, self.jump_target, self.jump_update = jump_at, jump_target, jump_update
+        self.jump_at, self.jump_update = jump_at, jump_update
+        self.jump_target, self.jump_ahead = jump_target, jump_ahead
+        self.accuracy_key, self.evaluation = accuracy_key, evaluation
         self.base_file = Path(base_file)
         self.base = self._load_or_save_base()
         shapes = {n: tuple(p.shape) for n, p in self.params.items()}
@@ -207,39 +224,74 @@ class Rank1Tracker:
         return results
 
     @torch.no_grad()
-    def jump(self, target_accuracy: float, update: str = "released") -> dict[str, Any]:
-        """Move the tracked weights to the AlphaRL prediction at ``target_accuracy``."""
+    def jump(self, target_accuracy: float | None = None, update: str = "released",
+             steps_ahead: int | None = None) -> dict[str, Any]:
+        """Move the tracked weights to the AlphaRL prediction at ``target_accuracy``, or to the
+        linear-in-step prediction ``steps_ahead`` steps past the latest tracked step."""
         if update not in UPDATES:
             raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+        if (target_accuracy is None) == (steps_ahead is None):
+            raise ValueError("a jump needs target_accuracy (AlphaRL) or steps_ahead (linear in the step), not both")
         if self._tracked < 2:
             raise ValueError(f"a jump needs at least 2 tracked steps, have {self._tracked}")
         barrier()  # rank 0's latest record is on disk
         traj = self.trajectory
-        accuracy = traj.accuracy[:self._tracked]
-        report: dict[str, Any] = {"step": traj.steps[self._tracked - 1], "target_accuracy": target_accuracy,
-                                  "update": update, "r2": {}}
+        accuracy, steps = traj.accuracy[:self._tracked], traj.steps[:self._tracked]
+        report: dict[str, Any] = {"step": steps[-1], "r2": {}}
+        if steps_ahead is None:
+            report |= {"method": "alpharl", "target_accuracy": target_accuracy, "update": update}
+        else:
+            report |= {"method": "linear_step", "steps_ahead": steps_ahead, "target_step": steps[-1] + steps_ahead}
         for n, p in self.params.items():
             u, v = traj.vectors(n)
             sigma = traj.scalar("sigma", n)[:self._tracked]
-            delta, fit, _ = alpharl_update(sigma, u[:self._tracked], v[:self._tracked], accuracy, target_accuracy,
-                                           update)
+            if steps_ahead is None:
+                delta, fit, _ = alpharl_update(sigma, u[:self._tracked], v[:self._tracked], accuracy,
+                                               target_accuracy, update)
+                report["r2"][n] = fit.r2
+            else:
+                features, aligned_v, _ = aligned_features(sigma, u[:self._tracked], v[:self._tracked])
+                x_star, report["r2"][n] = linear_in_step(features, steps, steps[-1] + steps_ahead)
+                delta = torch.outer(torch.as_tensor(x_star - features[-1], dtype=torch.float32),
+                                    aligned_v[-1].float())
             first, end = self.rows[n]
             local = _local(p)
             local.add_(delta[first:end].to(local.device, local.dtype))
-            report["r2"][n] = fit.r2
         self.jumps.append(report)
         return report
 
+    def scheduled_jump(self, step: int) -> dict[str, Any] | None:
+        """The jump set for ``step`` (``jump_at``), done; None at any other step."""
+        if self.jump_at is None or step != self.jump_at:
+            return None
+        return self.jump(self.jump_target, self.jump_update, self.jump_ahead)
+
     def __call__(self, trainer, record: dict) -> None:
-        """RLTrainer hook: track every ``every`` steps; jump once at ``jump_at``."""
-        self._rewards.append(record["reward"])
+        """RLTrainer hook: track every ``every`` steps; jump once at ``jump_at`` (with the held-out
+        accuracy just before and after it when an ``evaluation`` is given)."""
+        if self.accuracy_key in record:
+            self._rewards.append(record[self.accuracy_key])
         if trainer.step % self.every == 0:
-            results = self.track(trainer.step, sum(self._rewards) / len(self._rewards))
+            accuracy = sum(self._rewards) / len(self._rewards) if self._rewards else math.nan
+            results = self.track(trainer.step, accuracy)
             self._rewards = []
             record["rank1_sigma_mean"] = sum(float(r["S"][0]) for r in results.values()) / len(results)
             record["rank1_certified"] = sum(bool(r["certified"]) for r in results.values())
         if self.jump_at is not None and trainer.step == self.jump_at:
-            record["jump"] = self.jump(self.jump_target, self.jump_update)
+            evaluation = self.evaluation
+            before = record.get(evaluation.key) if evaluation is not None else None
+            if evaluation is not None and before is None:
+                before = evaluation.evaluate(trainer, trainer.step)
+            try:
+                record["jump"] = self.scheduled_jump(trainer.step)
+            except ValueError as exc:  # e.g. an accuracy that never moved: nothing to fit; the run goes on
+                warnings.warn(f"step {trainer.step}: no jump ({exc}); training goes on", RuntimeWarning,
+                              stacklevel=2)
+                record["jump"] = {"step": trainer.step, "skipped": str(exc)}
+                return
+            if evaluation is not None:
+                record["jump"] |= {"accuracy_before": before,
+                                   "accuracy_after": evaluation.evaluate(trainer, trainer.step)}
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
