@@ -48,9 +48,10 @@ from rlsignals.rank1.extrapolate import extrapolate
 from rlsignals.rank1.track import rank1_model, track_rank1
 from rlsignals.signals import PromptTemplate, ScoreConfig, score_prompts
 from rlsignals.stats import mean_ci
-from rlsignals.trainer.evaluate import greedy_correct
+from rlsignals.trainer.evaluate import Evaluation, greedy_correct
 from rlsignals.trainer.loop import RLConfig, RLTrainer
 from rlsignals.trainer.rollout import hf_rollouts
+from rlsignals.trainer.tracker import Rank1Tracker
 
 
 @dataclasses.dataclass
@@ -84,32 +85,6 @@ class DemoConfig:
         """A reduced size, for the test suite: every number of the table, in a minute or two."""
         return cls(train_prompts=32, eval_prompts=16, probe_prompts=16, steps=6, prompts_per_step=4,
                    generations=4, eval_every=2, fit_until=1.0, pass_samples=4, sft_steps=2, sft_batch=4)
-
-
-class Evaluator:
-    """RLTrainer hook: greedy accuracy on the held-out rows (and, optionally, which
-    probe rows are answered right) every ``every`` steps."""
-
-    def __init__(self, model, tokenizer, render, eval_rows, probe_rows, every: int):
-        self.model, self.tokenizer, self.render = model, tokenizer, render
-        self.eval_rows, self.probe_rows, self.every = eval_rows, probe_rows, every
-        self.curve: list[tuple[int, float]] = []
-        self.correct: list[list[float]] = []  # per evaluation, per held-out problem
-        self.probe: list[tuple[int, list[float]]] = []
-
-    def evaluate(self, step: int) -> None:
-        correct = greedy_correct(self.model, self.tokenizer, self.eval_rows, self.render, _verify,
-                                 max_new_tokens=task.MAX_NEW_TOKENS)
-        self.curve.append((step, float(np.mean(correct))))
-        self.correct.append(correct)
-        if self.probe_rows:
-            self.probe.append((step, greedy_correct(self.model, self.tokenizer, self.probe_rows, self.render, _verify,
-                                                    max_new_tokens=task.MAX_NEW_TOKENS)))
-
-    def __call__(self, trainer, record: dict) -> None:
-        if trainer.step % self.every == 0:
-            self.evaluate(trainer.step)
-            record["eval_accuracy"] = self.curve[-1][1]
 
 
 def _verify(text: str, row: dict) -> float:
@@ -173,10 +148,10 @@ def _plots(out: Path, results: dict) -> list[str]:
 
     raw = results["raw"]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
-    for arm, style in (("gain_rl", "-o"), ("uniform", "-s")):
+    for arm, style in (("gain_rl", "-o"), ("uniform", "-s"), ("jump", "-^")):
         est = [mean_ci(c) for c in raw[f"{arm}_correct"]]
         values = [e.value for e in est]
-        axes[0].plot(raw["eval_steps"], values, style, label=f"{arm} sampling")
+        axes[0].plot(raw["eval_steps"], values, style, label=PLOT_LABELS[arm])
         axes[0].fill_between(raw["eval_steps"], [e.low for e in est], [e.high for e in est], alpha=0.2)
     axes[0].axhline(raw["target_accuracy"], color="gray", ls=":", label="target (steps-to-target)")
     axes[0].set_xlabel("RL step")
@@ -207,6 +182,61 @@ def _plots(out: Path, results: dict) -> list[str]:
     return ["demo.png"]
 
 
+ARM_TITLES = {"gain_rl": "GAIN-RL sampling", "uniform": "uniform sampling",
+              "jump": "uniform sampling and an AlphaRL jump fitted on the early steps"}
+PLOT_LABELS = {"gain_rl": "GAIN-RL sampling", "uniform": "uniform sampling", "jump": "uniform + AlphaRL jump"}
+
+
+def jump_step(cfg: DemoConfig) -> int:
+    """The evaluated step the jump arm jumps at: the first at or after ``fit_until`` of the run,
+    after at least two tracked (evaluated) steps and before the last."""
+    every = cfg.eval_every
+    wanted = every * math.ceil(cfg.fit_until * cfg.steps / every)
+    return max(2 * every, min(wanted, cfg.steps - every))
+
+
+def _run_arm(arm: str, model0, tokenizer, render, train, held_out, probe, scores, start_correct, out: Path,
+             cfg: DemoConfig, uniform: dict | None, progress: bool) -> dict[str, Any]:
+    """One RL run from the start model: GAIN-RL or uniform sampling, or ``jump``: uniform sampling
+    with the in-loop rank-1 tracker (its accuracy the held-out one) and, at ``jump_step``, the
+    AlphaRL jump (ours, update "replace") to the uniform run's final held-out accuracy, then
+    training on. Held-out greedy accuracy every ``eval_every`` steps (per-problem results kept);
+    the probe rows along the uniform run."""
+    model = copy.deepcopy(model0)
+    evaluation = Evaluation(tokenizer, held_out, render, _verify, every=cfg.eval_every,
+                            max_new_tokens=task.MAX_NEW_TOKENS)
+    evaluation.curve.append((0, float(np.mean(start_correct))))
+    evaluation.correct.append(start_correct)
+    hooks: list = [evaluation]
+    probes = None
+    if arm == "uniform":
+        probes = Evaluation(tokenizer, probe, render, _verify, every=cfg.eval_every, max_new_tokens=task.MAX_NEW_TOKENS,
+                            key="probe_accuracy")
+        first = _correct(model, tokenizer, render, probe)
+        probes.curve.append((0, float(np.mean(first))))
+        probes.correct.append(first)
+        hooks.append(probes)
+    options = {"sigma_fraction": cfg.sigma_fraction, "n": cfg.step_fraction * len(train),
+               "adj_max": cfg.max_step_fraction * len(train)} if arm == "gain_rl" else {}
+    rl = RLConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, generations=cfg.generations,
+                  max_new_tokens=task.MAX_NEW_TOKENS, lr=cfg.lr, sampler="gain_rl" if arm == "gain_rl" else "uniform",
+                  sampler_options=options, save_every=cfg.eval_every, seed=cfg.seed)
+    trainer = RLTrainer(model, tokenizer, train, render, _verify, rl, out / arm, scores=scores, hooks=hooks)
+    if arm == "jump":
+        trainer.hooks.append(Rank1Tracker(model, cfg.eval_every, out / arm / "rank1_base.safetensors",
+                                          jump_at=jump_step(cfg), jump_target=uniform["final_accuracy"],
+                                          jump_update="replace", accuracy_key=evaluation.key, evaluation=evaluation))
+    history = trainer.train(progress=progress)
+    last = {}  # per evaluated step its last evaluation (the jump step's: after the jump)
+    for (step, _), correct in zip(evaluation.curve, evaluation.correct):
+        last[step] = correct
+    jumps = [r["jump"] for r in history if "jump" in r]
+    return {"curve": [(step, float(np.mean(c))) for step, c in last.items()], "correct": list(last.values()),
+            "final_accuracy": float(np.mean(evaluation.correct[-1])), "train_reward_last": history[-1]["reward"],
+            "probe": list(zip([s for s, _ in probes.curve], probes.correct)) if probes is not None else [],
+            "jump": jumps[0] if jumps else None, "model": model}
+
+
 def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bool = True) -> dict[str, Any]:
     cfg = config or DemoConfig()
     out = Path(out_dir)
@@ -229,7 +259,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
     model0.save_pretrained(base)
     tokenizer.save_pretrained(base)
 
-    print("1/5 scoring the training prompts by angle signal; pass@k of the start ...", flush=True)
+    print("1/6 scoring the training prompts by angle signal; pass@k of the start ...", flush=True)
     t = time.perf_counter()
     scored = {r["index"]: r for batch in score_prompts(model0, template, [r["prompt"] for r in train], ScoreConfig())
               for r in batch}
@@ -240,29 +270,14 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
     phases = {"scoring": score_seconds, "start evaluation": time.perf_counter() - t - score_seconds}
 
     arms: dict[str, dict] = {}
-    for n, arm in enumerate(("gain_rl", "uniform")):
-        print(f"{2 + n}/5 RL with {arm} sampling ...", flush=True)
-        model = copy.deepcopy(model0)
-        evaluator = Evaluator(model, tokenizer, render, held_out, probe if arm == "uniform" else [], cfg.eval_every)
-        evaluator.curve.append((0, float(np.mean(start_correct))))
-        evaluator.correct.append(start_correct)
-        if arm == "uniform":
-            evaluator.probe.append((0, _correct(model, tokenizer, render, probe)))
-        options = {"sigma_fraction": cfg.sigma_fraction, "n": cfg.step_fraction * len(train),
-                   "adj_max": cfg.max_step_fraction * len(train)} if arm == "gain_rl" else {}
-        rl = RLConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, generations=cfg.generations,
-                      max_new_tokens=task.MAX_NEW_TOKENS, lr=cfg.lr, sampler=arm, sampler_options=options,
-                      save_every=cfg.eval_every, seed=cfg.seed)
+    for n, arm in enumerate(("gain_rl", "uniform", "jump")):
+        print(f"{2 + n}/6 RL with {ARM_TITLES[arm]} ...", flush=True)
         t = time.perf_counter()
-        trainer = RLTrainer(model, tokenizer, train, render, _verify, rl, out / arm,
-                            scores=scores, hooks=[evaluator])
-        history = trainer.train(progress=progress)
-        phases[f"RL, {arm}"] = time.perf_counter() - t
-        arms[arm] = {"curve": evaluator.curve, "correct": evaluator.correct, "seconds": phases[f"RL, {arm}"],
-                     "final_accuracy": evaluator.curve[-1][1], "train_reward_last": history[-1]["reward"],
-                     "probe": evaluator.probe, "model": model}
+        arms[arm] = _run_arm(arm, model0, tokenizer, render, train, held_out, probe, scores, start_correct, out, cfg,
+                             arms.get("uniform"), progress)
+        phases[f"RL, {arm}"] = arms[arm]["seconds"] = time.perf_counter() - t
 
-    print("4/5 rank-1 trajectory, extrapolation, rank-1 model, update geometry ...", flush=True)
+    print("5/6 rank-1 trajectory, extrapolation, rank-1 model, update geometry ...", flush=True)
     t = time.perf_counter()
     uniform = arms["uniform"]
     pass_final = samples_right(uniform["model"], tokenizer, render, held_out, cfg.pass_samples, cfg.seed)
@@ -292,7 +307,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
     report = diff_report(base, checkpoints[-1], out / "report", k=16, max_iters=32, progress=False)
 
     phases["analysis"] = time.perf_counter() - t
-    print("5/5 SFT from the same start, for comparison ...", flush=True)
+    print("6/6 SFT from the same start, for comparison ...", flush=True)
     t = time.perf_counter()
     sft_model = copy.deepcopy(model0)
     sft(sft_model, tokenizer, train, render, steps=cfg.sft_steps, batch_size=cfg.sft_batch, lr=cfg.lr, seed=cfg.seed,
@@ -308,6 +323,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
         "start_correct": start_correct,
         "gain_rl_correct": arms["gain_rl"]["correct"],
         "uniform_correct": uniform["correct"],
+        "jump_correct": arms["jump"]["correct"],
+        "jump": arms["jump"]["jump"],
         "target_accuracy": acc0 + 0.5 * (best - acc0),
         "pass_samples": cfg.pass_samples,
         "pass_right": {"start": pass_start, "final": pass_final},
@@ -326,7 +343,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
         "config": {**dataclasses.asdict(cfg), "levels": list(cfg.levels)},  # as JSON reads it back
         "score_seconds": score_seconds,
         "phase_seconds": phases,
-        "arms": {arm: {k: v for k, v in a.items() if k not in ("model", "probe", "correct")}
+        "arms": {arm: {k: v for k, v in a.items() if k not in ("model", "probe", "correct", "jump")}
                  for arm, a in arms.items()},
         "not_fitted": not_fitted,
         "testbed": [{"figure": name, "start": a.as_dict(), "end": b.as_dict()} for name, a, b in headroom_rows(raw)],
@@ -358,10 +375,15 @@ def format_table(r: dict) -> str:
              f"({r['seconds']:.0f} s in all; scoring "
              f"{cfg['train_prompts']} prompts took {r['score_seconds']:.1f} s)"]
     lines += ["  time: " + ", ".join(f"{name} {s:.0f} s" for name, s in r["phase_seconds"].items()), "",
-             f"  greedy accuracy at step{'':21}{'GAIN-RL':>13}{'uniform':>13}"]
+             f"  greedy accuracy at step{'':21}{'GAIN-RL':>13}{'uniform':>13}{'uniform+jump':>14}"]
     for i, step in enumerate(raw["eval_steps"]):
         gain, uniform = np.mean(raw["gain_rl_correct"][i]), np.mean(raw["uniform_correct"][i])
-        lines.append(f"  {step:<44}{gain:>13.3f}{uniform:>13.3f}")
+        jump = np.mean(raw["jump_correct"][i])
+        lines.append(f"  {step:<44}{gain:>13.3f}{uniform:>13.3f}{jump:>14.3f}")
+    if raw["jump"] is not None:
+        jumped = raw["jump"]
+        lines.append(f"  jump at step {jumped['step']}: " + (f"skipped ({jumped['skipped']})" if "skipped" in jumped
+                     else f"held-out accuracy {jumped['accuracy_before']:.3f} -> {jumped['accuracy_after']:.3f}"))
     lines += ["", f"  testbed (uniform run){'':23}{'start [95% CI]':>22}{'end [95% CI]':>24}"]
     for row in r["testbed"]:
         start, end = Estimate(**row["start"]).format(), Estimate(**row["end"]).format()
