@@ -36,17 +36,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlsignals.demo import task
-from rlsignals.demo.assets import load_default_model
 from rlsignals.demo.claims import build_claims, format_claims, headroom_rows
 from rlsignals.demo.sft import sft
+from rlsignals.demo.testbed import Testbed, embedded
 from rlsignals.geometry.metrics import bf16_changed
 from rlsignals.geometry.report import diff_report
 from rlsignals.io.checkpoints import Checkpoint, select_matrices
 from rlsignals.rank1.alpharl import aligned_features, fit_pls
 from rlsignals.rank1.extrapolate import extrapolate
 from rlsignals.rank1.track import rank1_model, track_rank1
-from rlsignals.signals import PromptTemplate, ScoreConfig, score_prompts
+from rlsignals.signals import ScoreConfig, score_prompts
 from rlsignals.stats import mean_ci
 from rlsignals.trainer.evaluate import Evaluation, greedy_correct
 from rlsignals.trainer.loop import RLConfig, RLTrainer
@@ -78,6 +77,7 @@ class DemoConfig:
     step_fraction: float = 0.067  # n
     max_step_fraction: float = 0.13  # adj_max
     seed: int = 0
+    micro_batch_size: int | None = None  # samples per forward/backward of the RL updates (None: the whole batch)
 
     @classmethod
     def quick(cls) -> DemoConfig:
@@ -86,22 +86,19 @@ class DemoConfig:
                    generations=4, eval_every=2, fit_until=1.0, pass_samples=4, sft_steps=2, sft_batch=4)
 
 
-def _verify(text: str, row: dict) -> float:
-    return task.verify(text, row["answer"])
+def _correct(bed: Testbed, model, rows) -> list[float]:
+    return greedy_correct(model, bed.tokenizer, rows, bed.render, bed.verify, max_new_tokens=bed.max_new_tokens)
 
 
-def _correct(model, tokenizer, render, rows) -> list[float]:
-    return greedy_correct(model, tokenizer, rows, render, _verify, max_new_tokens=task.MAX_NEW_TOKENS)
-
-
-def samples_right(model, tokenizer, render, rows, samples: int, seed: int, batch_prompts: int = 32) -> list[int]:
+def samples_right(bed: Testbed, model, rows, samples: int, seed: int, batch_prompts: int = 32) -> list[int]:
     """Per row: how many of ``samples`` temperature-1 replies ``verify`` accepts (for pass@k)."""
     torch.manual_seed(seed)
     right: list[int] = []
     for start in range(0, len(rows), batch_prompts):
         batch = rows[start:start + batch_prompts]
-        out = hf_rollouts(model, tokenizer, [render(r) for r in batch], samples, max_new_tokens=task.MAX_NEW_TOKENS)
-        right += [int(sum(_verify(out.texts[i * samples + j], row) for j in range(samples)))
+        out = hf_rollouts(model, bed.tokenizer, [bed.render(r) for r in batch], samples,
+                          max_new_tokens=bed.max_new_tokens)
+        right += [int(sum(bed.verify(out.texts[i * samples + j], row) for j in range(samples)))
                   for i, row in enumerate(batch)]
     return right
 
@@ -194,33 +191,35 @@ def jump_step(cfg: DemoConfig) -> int:
     return max(2 * every, min(wanted, cfg.steps - every))
 
 
-def _run_arm(arm: str, model0, tokenizer, render, train, held_out, probe, scores, start_correct, out: Path,
-             cfg: DemoConfig, uniform: dict | None, progress: bool) -> dict[str, Any]:
+def _run_arm(arm: str, bed: Testbed, probe, scores, start_correct, out: Path, cfg: DemoConfig, uniform: dict | None,
+             progress: bool) -> dict[str, Any]:
     """One RL run from the start model: GAIN-RL or uniform sampling, or ``jump``: uniform sampling
     with the in-loop rank-1 tracker (its accuracy the held-out one) and, at ``jump_step``, the
     AlphaRL jump (ours, update "replace") to the uniform run's final held-out accuracy, then
     training on. Held-out greedy accuracy every ``eval_every`` steps (per-problem results kept);
     the probe rows along the uniform run."""
-    model = copy.deepcopy(model0)
-    evaluation = Evaluation(tokenizer, held_out, render, _verify, every=cfg.eval_every,
-                            max_new_tokens=task.MAX_NEW_TOKENS)
+    model = copy.deepcopy(bed.model)
+    evaluation = Evaluation(bed.tokenizer, bed.held_out, bed.render, bed.verify, every=cfg.eval_every,
+                            max_new_tokens=bed.max_new_tokens)
     evaluation.curve.append((0, float(np.mean(start_correct))))
     evaluation.correct.append(start_correct)
     hooks: list = [evaluation]
     probes = None
     if arm == "uniform":
-        probes = Evaluation(tokenizer, probe, render, _verify, every=cfg.eval_every, max_new_tokens=task.MAX_NEW_TOKENS,
-                            key="probe_accuracy")
-        first = _correct(model, tokenizer, render, probe)
+        probes = Evaluation(bed.tokenizer, probe, bed.render, bed.verify, every=cfg.eval_every,
+                            max_new_tokens=bed.max_new_tokens, key="probe_accuracy")
+        first = _correct(bed, model, probe)
         probes.curve.append((0, float(np.mean(first))))
         probes.correct.append(first)
         hooks.append(probes)
-    options = {"sigma_fraction": cfg.sigma_fraction, "n": cfg.step_fraction * len(train),
-               "adj_max": cfg.max_step_fraction * len(train)} if arm == "gain_rl" else {}
+    options = {"sigma_fraction": cfg.sigma_fraction, "n": cfg.step_fraction * len(bed.train),
+               "adj_max": cfg.max_step_fraction * len(bed.train)} if arm == "gain_rl" else {}
     rl = RLConfig(steps=cfg.steps, prompts_per_step=cfg.prompts_per_step, generations=cfg.generations,
-                  max_new_tokens=task.MAX_NEW_TOKENS, lr=cfg.lr, sampler="gain_rl" if arm == "gain_rl" else "uniform",
-                  sampler_options=options, save_every=cfg.eval_every, seed=cfg.seed)
-    trainer = RLTrainer(model, tokenizer, train, render, _verify, rl, out / arm, scores=scores, hooks=hooks)
+                  max_new_tokens=bed.max_new_tokens, lr=cfg.lr, sampler="gain_rl" if arm == "gain_rl" else "uniform",
+                  sampler_options=options, save_every=cfg.eval_every, seed=cfg.seed,
+                  micro_batch_size=cfg.micro_batch_size)
+    trainer = RLTrainer(model, bed.tokenizer, bed.train, bed.render, bed.verify, rl, out / arm, scores=scores,
+                        hooks=hooks)
     if arm == "jump":
         trainer.hooks.append(Rank1Tracker(model, cfg.eval_every, out / arm / "rank1_base.safetensors",
                                           jump_at=jump_step(cfg), jump_target=uniform["final_accuracy"],
@@ -236,50 +235,42 @@ def _run_arm(arm: str, model0, tokenizer, render, train, held_out, probe, scores
             "jump": jumps[0] if jumps else None, "model": model}
 
 
-def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bool = True) -> dict[str, Any]:
+def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bool = True,
+             testbed: Testbed | None = None) -> dict[str, Any]:
+    """The demo on ``testbed`` (default: the embedded model and task, sized by ``config``)."""
     cfg = config or DemoConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    model0, tokenizer = load_default_model()
-    template = PromptTemplate(tokenizer, system_prompt=task.SYSTEM_PROMPT, few_shot=task.FEW_SHOT)
-    cache: dict[str, list[int]] = {}
-
-    def render(row: dict) -> list[int]:
-        if row["id"] not in cache:
-            cache[row["id"]] = template.token_ids(row["prompt"])
-        return cache[row["id"]]
-
-    train = task.generate_dataset(cfg.train_prompts, seed=1000 * cfg.seed + 1, difficulties=tuple(cfg.levels))
-    held_out = task.generate_dataset(cfg.eval_prompts, seed=1000 * cfg.seed + 2, difficulties=tuple(cfg.levels))
-    probe = train[:cfg.probe_prompts]
+    bed = testbed or embedded(cfg.train_prompts, cfg.eval_prompts, cfg.levels, cfg.seed)
+    model0, tokenizer = bed.model, bed.tokenizer
+    probe = bed.train[:cfg.probe_prompts]
     base = out / "base"
     model0.save_pretrained(base)
     tokenizer.save_pretrained(base)
 
     print("1/6 scoring the training prompts by angle signal; pass@k of the start ...", flush=True)
     t = time.perf_counter()
-    scored = {r["index"]: r for batch in score_prompts(model0, template, [r["prompt"] for r in train], ScoreConfig())
-              for r in batch}
-    scores = [scored[i]["score"] for i in range(len(train))]
+    scored = {r["index"]: r for batch in score_prompts(model0, bed.template, [r["prompt"] for r in bed.train],
+                                                       ScoreConfig()) for r in batch}
+    scores = [scored[i]["score"] for i in range(len(bed.train))]
     score_seconds = time.perf_counter() - t
-    start_correct = _correct(model0, tokenizer, render, held_out)
-    pass_start = samples_right(model0, tokenizer, render, held_out, cfg.pass_samples, cfg.seed)
+    start_correct = _correct(bed, model0, bed.held_out)
+    pass_start = samples_right(bed, model0, bed.held_out, cfg.pass_samples, cfg.seed)
     phases = {"scoring": score_seconds, "start evaluation": time.perf_counter() - t - score_seconds}
 
     arms: dict[str, dict] = {}
     for n, arm in enumerate(("gain_rl", "uniform", "jump")):
         print(f"{2 + n}/6 RL with {ARM_TITLES[arm]} ...", flush=True)
         t = time.perf_counter()
-        arms[arm] = _run_arm(arm, model0, tokenizer, render, train, held_out, probe, scores, start_correct, out, cfg,
-                             arms.get("uniform"), progress)
+        arms[arm] = _run_arm(arm, bed, probe, scores, start_correct, out, cfg, arms.get("uniform"), progress)
         phases[f"RL, {arm}"] = arms[arm]["seconds"] = time.perf_counter() - t
 
     print("5/6 rank-1 trajectory, extrapolation, rank-1 model, update geometry ...", flush=True)
     t = time.perf_counter()
     uniform = arms["uniform"]
-    pass_final = samples_right(uniform["model"], tokenizer, render, held_out, cfg.pass_samples, cfg.seed)
+    pass_final = samples_right(bed, uniform["model"], bed.held_out, cfg.pass_samples, cfg.seed)
     checkpoints = [out / "uniform" / f"checkpoint-{s}" for s, _ in uniform["curve"][1:]]
     traj = track_rank1(base, checkpoints, out / "trajectory", progress=progress)
     accuracy = dict(uniform["curve"][1:])
@@ -296,21 +287,17 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
         except ValueError as exc:  # e.g. accuracy did not move over the fitted steps
             not_fitted[name] = f"not fitted: {exc}"
             continue
-        model, _ = load_default_model()
-        model.load_state_dict(_state(Checkpoint(path)))
-        extrapolated[name] = _correct(model, tokenizer, render, held_out)
+        extrapolated[name] = _correct(bed, bed.load(path), bed.held_out)
     rank1 = rank1_model(base, traj, out / "rank1-model")
-    r1_model, _ = load_default_model()
-    r1_model.load_state_dict(_state(Checkpoint(rank1)))
-    rank1_correct = _correct(r1_model, tokenizer, render, held_out)
+    rank1_correct = _correct(bed, bed.load(rank1), bed.held_out)
     report = diff_report(base, checkpoints[-1], out / "report", k=16, max_iters=32, progress=False)
 
     phases["analysis"] = time.perf_counter() - t
     print("6/6 SFT from the same start, for comparison ...", flush=True)
     t = time.perf_counter()
     sft_model = copy.deepcopy(model0)
-    sft(sft_model, tokenizer, train, render, steps=cfg.sft_steps, batch_size=cfg.sft_batch, lr=cfg.lr, seed=cfg.seed,
-        progress=progress)
+    sft(sft_model, tokenizer, bed.train, bed.render, bed.reply, steps=cfg.sft_steps, batch_size=cfg.sft_batch,
+        lr=cfg.lr, seed=cfg.seed, progress=progress)
     sft_model.save_pretrained(out / "sft")
     phases["SFT"] = time.perf_counter() - t
 
@@ -357,10 +344,6 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
     print(f"\nplots: {out / 'demo.png'}, update geometry: {out / 'report' / 'index.html'}, "
           f"numbers: {out / 'demo.json'}")
     return results
-
-
-def _state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
-    return {name: ckpt.get(name) for name in ckpt.names()}
 
 
 def format_table(r: dict) -> str:

@@ -8,12 +8,10 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from rlsignals.demo import task
 
-
-def sft(model, tokenizer, rows: Sequence[dict], render: Callable[[dict], list[int]], *, steps: int, batch_size: int,
-        lr: float, seed: int = 0, progress: bool = True) -> list[float]:
-    """Cross-entropy on the reply tokens ("= {answer}" + EOS) of ``rows``; returns the losses."""
+def sft(model, tokenizer, rows: Sequence[dict], render: Callable[[dict], list[int]], reply: Callable[[dict], str], *,
+        steps: int, batch_size: int, lr: float, seed: int = 0, progress: bool = True) -> list[float]:
+    """Cross-entropy on the reply tokens (``reply(row)`` + EOS) of ``rows``; returns the losses."""
     gen = torch.Generator().manual_seed(seed)
     pad_id = tokenizer.pad_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -24,8 +22,8 @@ def sft(model, tokenizer, rows: Sequence[dict], render: Callable[[dict], list[in
         seqs, targets = [], []
         for row in batch:
             prompt = render(row)
-            reply = tokenizer(task.format_answer(row["answer"]), add_special_tokens=False)["input_ids"]
-            seq = prompt + list(reply) + [tokenizer.eos_token_id]
+            answer = tokenizer(reply(row), add_special_tokens=False)["input_ids"]
+            seq = prompt + list(answer) + [tokenizer.eos_token_id]
             seqs.append(seq)
             targets.append([-100] * len(prompt) + seq[len(prompt):])
         width = max(len(s) for s in seqs)
