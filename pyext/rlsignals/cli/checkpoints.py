@@ -74,9 +74,15 @@ def _trajectory_and_base(traj_path: str, base: str):
 
 
 @dataclasses.dataclass(kw_only=True)
-class Rank1ModelSettings:
+class TrajectoryInputs:
+    """What rank1-model and extrapolate read: the base checkpoint and a trajectory store."""
+
     base: str = option(help="the checkpoint RL started from (HF folder)")
     traj: str = option(help="trajectory store of `rlsignals rank1`")
+
+
+@dataclasses.dataclass(kw_only=True)
+class Rank1ModelSettings(TrajectoryInputs):
     out: str = option(help="folder for the rank-1 model")
     checkpoint: int = option(-1, "which trajectory entry (default: the last)")
     alpha: float = option(1.0, "multiplier of the rank-1 term", parse=finite_number)
@@ -100,9 +106,7 @@ def rank1_model(s: Rank1ModelSettings) -> int:
 
 
 @dataclasses.dataclass(kw_only=True)
-class ExtrapolateSettings:
-    base: str = option(help="the checkpoint RL started from (HF folder)")
-    traj: str = option(help="trajectory store of `rlsignals rank1`")
+class ExtrapolateSettings(TrajectoryInputs):
     out: str = option(help="folder for the extrapolated checkpoint")
     method: str = option("alpharl", "extrapolation method", choices=("alpharl", "linear_step", "two_point"))
     accuracy: str | None = option(None, ".jsonl/.csv with the accuracy per step (alpharl)")

@@ -25,17 +25,14 @@ from collections.abc import Sequence
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from rlsignals.lm.generate import generate
+from rlsignals.lm.generate import Generation, generate
 
 
 @dataclasses.dataclass
-class Rollouts:
-    """N = prompts x generations samples, grouped by prompt (sample i is prompt i // G)."""
+class Rollouts(Generation):
+    """N = prompts x generations samples, grouped by prompt (sample i is prompt i // G): the
+    generation (``lm.generate.Generation``), each sampled token's log-prob and the texts."""
 
-    prompt_ids: torch.Tensor       # [N, P] left-padded, or [shared prefix | pads | rest of the prompt]
-    prompt_mask: torch.Tensor      # [N, P] 1 on prompt tokens
-    completion_ids: torch.Tensor   # [N, T]
-    completion_mask: torch.Tensor  # [N, T] 1 up to and including the first EOS
     rollout_logp: torch.Tensor     # [N, T] log-prob of each sampled token under the rollout policy (0 at padding)
     texts: list[str]
 
