@@ -58,8 +58,8 @@ def test_chunked_logprobs_and_gradients_equal_the_full_logits(chunk, min_shared)
         lambda: completion_logprobs(model, *args, temperature=0.7, min_shared=min_shared, chunk=chunk), model)
     assert got.dtype == torch.float32 and bool((got[args[3] == 0] == 0).all())
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
-    for a, b in zip(got_grads, grads):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+    for a, b in zip(got_grads, grads):  # fp32 sums over the 50k vocabulary in another order: relative to the scale
+        torch.testing.assert_close(a, b, atol=5e-6 * float(b.abs().max()), rtol=1e-4)
 
 
 def test_token_logprobs_against_fp64():
