@@ -120,9 +120,36 @@ def test_unreadable_json_is_an_error(table_mod, results, capsys):
     assert "train_step-cpu.json" in capsys.readouterr().err
 
 
-def test_the_readme_table_is_the_one_the_committed_results_give():
-    """README.md quotes bench/results/*.json as they are: rerun
-    `python bench/readme_table.py --write README.md` after a benchmark."""
-    readme = SCRIPT.parents[1] / "README.md"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--check", str(readme)], capture_output=True, text=True)
+def test_headline_rows_are_picked_in_their_order_each_exactly_once(table_mod, results, tmp_path):
+    selectors = [("zeta_extra-cpu.json", "zeta", "c"), ("angle_stats-cpu.json", "a2", "")]
+    rows = table_rows(table_mod.build_headline(results, selectors))
+    assert [r[0] for r in rows] == ["zeta", "a2"]
+    headline = table_mod.build_headline(results, selectors)
+    assert "`angle_stats-H200.json`" not in headline and "- `zeta_extra-cpu.json`: " in headline
+    write(results, "twice-cpu.json", {"machine": MACHINE, "readme_rows": [row("t"), row("t")]})
+    for bad, count in (([("twice-cpu.json", "t", "")], 2), ([("angle_stats-cpu.json", "a", "")], 0)):
+        with pytest.raises(table_mod.TableError, match=f"matches {count} rows, expected one"):
+            table_mod.build_headline(results, bad)
+    with pytest.raises(table_mod.TableError, match="no missing-cpu.json"):
+        table_mod.build_headline(results, [("missing-cpu.json", "x", "")])
+
+
+def test_a_file_with_both_tables_gets_both(table_mod, results, tmp_path, monkeypatch):
+    monkeypatch.setattr(table_mod, "HEADLINE", (("zeta_extra-cpu.json", "zeta", ""),))
+    page = tmp_path / "page.md"
+    page.write_text(f"{table_mod.HEADLINE_START}\nold\n{table_mod.HEADLINE_END}\n\n{table_mod.START}\nold\n"
+                    f"{table_mod.END}\n")
+    assert table_mod.main(["--results", str(results), "--write", str(page)]) == 0
+    text = page.read_text()
+    assert table_mod.build_headline(results) in text and table_mod.build_table(results) in text
+    assert table_mod.main(["--results", str(results), "--check", str(page)]) == 0
+
+
+def test_the_tables_are_the_ones_the_committed_results_give():
+    """README.md's headline table and docs/benchmarks.md's full table quote bench/results/*.json
+    as they are: rerun `python bench/readme_table.py --write README.md docs/benchmarks.md`
+    after a benchmark."""
+    root = SCRIPT.parents[1]
+    done = subprocess.run([sys.executable, str(SCRIPT), "--check", str(root / "README.md"),
+                           str(root / "docs" / "benchmarks.md")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
