@@ -88,3 +88,14 @@ def test_command_reports_one_line_and_exit_2(files, capsys):
     assert main(["train", str(write(files, BASE + "stepz = 1\n")), "--lr", "0.1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("rlsignals train: error:") and "did you mean 'steps'?" in err
+
+
+def test_every_key_is_in_the_docs_table():
+    from pathlib import Path
+
+    from rlsignals.trainer.config import FIELDS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| `")]
+    missing = [key for key in FIELDS if not any(f"`{key}`" in line.split("|")[1] for line in table)]
+    assert not missing, f"add to docs/training.md's table of train keys: {missing}"
