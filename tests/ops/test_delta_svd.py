@@ -137,6 +137,45 @@ def test_vector_estimate_is_residual_over_ritz_gap():
     assert float(one.vector) == pytest.approx(math.tan(0.01), rel=1e-9)  # r / (theta_1 - 1) = tan >= sin
 
 
+@pytest.mark.parametrize("ratio", [3.0, 1.5, 1.2, 1.02, 1.005])
+def test_vectors_flagged_undetermined_exactly_where_the_top_is_not_separated(backend, ratio):
+    """A spike over a bulk: where sigma_1 / sigma_2 stands clear the vectors meet tol (sin u_1,
+    sin v_1 <= tol, not flagged); where it is near 1 they cannot (the Ritz gap is too small
+    for fp32 passes), so the member stops on sigma_1, to tol all the same, in the passes of
+    a values-only run, and flags its vectors, whose measured angle is then above tol, with an
+    estimate above tol. The flag is true exactly where sin(u_1) > tol."""
+    after, before = weight_pair(spiked_bulk(320, 256, ratio, seed=int(100 * ratio)), torch.float32)
+    device = backend_device(backend)
+    out = rlsignals.delta_svd(after.to(device), before.to(device), backend=backend)
+    out = type(out)(*(t.cpu() for t in out))
+    err = assert_honest(out, after, before, 1)
+    u, s, vh = torch.linalg.svd(exact_delta(after, before))
+    sin_u, sin_v = sin_angle(out.U[:, 0], u[:, 0]), sin_angle(out.V[:, 0], vh[0])
+    assert err <= TOL and out.err_estimate <= TOL
+    assert bool(out.vectors_undetermined) == (sin_u > TOL)
+    if ratio >= 1.2:
+        assert not out.vectors_undetermined and out.vector_estimate <= TOL and sin_v <= TOL
+    else:
+        assert out.vectors_undetermined and out.vector_estimate > TOL and sin_v > TOL
+        values_only = rlsignals.delta_svd(after.to(device), before.to(device), backend=backend,
+                                          vector_tol=math.inf)
+        assert out.iters == values_only.iters and not values_only.vectors_undetermined
+
+
+def test_two_equal_top_values_are_flagged_and_their_sigma_met():
+    """sigma_1 = sigma_2 exactly (over a bulk): u_1 is any unit vector of a plane, the flag is
+    set, the estimate of the vectors' angle is large, and sigma_1 is met to tol; a batch
+    mate with a clear top is unaffected."""
+    flat = planted_delta(300, 260, [1.0, 1.0], noise=0.5, seed=6)
+    clear = planted_delta(300, 260, [1.0, 0.5], noise=0.5, seed=7)
+    after, before = weight_pair(torch.stack([flat, clear]), torch.float32)
+    out = solve(after, before)
+    err = assert_honest(out, after, before, 1)
+    assert (err <= TOL).all() and (out.err_estimate <= TOL).all()
+    assert out.vectors_undetermined.tolist() == [True, False]
+    assert out.vector_estimate[0] > TOL >= out.vector_estimate[1]
+
+
 def test_single_vector_blocks_converge():
     """oversample=0, k=1: blocks of one column (single-vector Lanczos). The first pass has one
     Ritz value and no gap to refine with, so it must not stop there."""

@@ -80,8 +80,8 @@ def block_cosine_reference(hidden, cu_seqlens, block_size, *, exclude_diagonal=F
 def delta_svd_reference(after, before=None, k=1):
     """Top-k SVD of after - before by fp64 torch.linalg.svd, one matrix at a time, with
     delta_svd's sign convention (the first entry of largest |.| of u_i is positive; of v_i
-    where sigma_i = 0). Finite, non-empty batches; fp64 results; err_bound and err_estimate 0,
-    certified, iters 0, basis = V."""
+    where sigma_i = 0). Finite, non-empty batches; fp64 results; err_bound, err_estimate and
+    vector_estimate 0, certified, vectors not undetermined, iters 0, basis = V."""
     from rlsignals.ops.svd import DeltaSVD
 
     unbatched = after.dim() == 2
@@ -105,5 +105,6 @@ def delta_svd_reference(after, before=None, k=1):
     out = DeltaSVD(S=torch.stack(svals), U=torch.stack(lefts), V=torch.stack(rights), frob=torch.stack(frobs),
                    err_bound=delta.new_zeros(num), iters=torch.zeros(num, dtype=torch.int64),
                    nonfinite=torch.zeros(num, dtype=torch.bool), basis=torch.stack(rights),
-                   err_estimate=delta.new_zeros(num), certified=torch.ones(num, dtype=torch.bool))
+                   err_estimate=delta.new_zeros(num), certified=torch.ones(num, dtype=torch.bool),
+                   vector_estimate=delta.new_zeros(num), vectors_undetermined=torch.zeros(num, dtype=torch.bool))
     return DeltaSVD(*(t[0] for t in out)) if unbatched else out

@@ -16,7 +16,11 @@ leaves the batch):
             scaled by the gap, so that the vectors meet vector_tol, sin(v_i, true) <~ r_i / delta_i,
             ops/svd_estimate.py), or when max_i r_i <= STALL * theta_1 (fp32 can resolve no
             more), or when err_estimate <= tol and an fp64 pass is predicted to certify
-            (concentrated spectra)
+            (concentrated spectra: that pass also refines the vectors), or when err_estimate <= tol
+            and min_i delta_i < theta_1 STALL / vector_tol: the top is not separated, the vectors
+            cannot reach vector_tol before fp32 runs out of resolution (their angle is about
+            r_i / delta_i), so the member stops on its values and says so (vectors_undetermined,
+            with the vectors' own estimate)
         P <- the new directions of Z (full reorthogonalisation): block Lanczos; after the first
             WIDE_PASSES passes, once every member's top k Ritz values stand clear of the next
             (theta_{k+1} <= SHRINK_GAP theta_k), the new directions of G V_k alone (the top k
@@ -59,8 +63,10 @@ What the fields promise (all relative to sigma_1; for k = 1 the relative error o
 - V, U: a member that stops on the estimate has max_i r_i / delta_i <= vector_tol (default
   tol), the estimated sine of the angle of each v_i to the true one (Davis-Kahan with the Ritz
   gap; u_i = dW v_i / S_i is closer still, its bulk components scaled by sigma_j / sigma_1).
-  Same caveats as err_estimate; a member stopped by STALL or max_iters may not meet it, nor
-  does one run with vector_tol=inf (values only).
+  Same caveats as err_estimate. A member whose top is not separated, or that ran out of
+  max_iters, does not meet it: its vector_estimate (max_i r_i / delta_i at the stop) is above
+  vector_tol and vectors_undetermined is set. With vector_tol=inf (values only) there is no
+  promise on the vectors and no flag.
 
 Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i >= 0.
 Signs: the entry of largest magnitude of each u_i (the first such) is positive; where S_i = 0,
@@ -267,9 +273,15 @@ def _iterate(after: torch.Tensor, before: torch.Tensor | None, block: torch.Tens
         state.append(block, y, z, pass_rounding(settings.m, n, block.shape[2], torch.float32))
         theta, coef = state.ritz()
         resid, ritz_images = state.residuals(coef[:, :, :k], theta[:, :k])
-        estimate, vector, rel_resid = ritz_estimates(theta, resid, k)
+        estimate, vector, rel_resid, rel_gap = ritz_estimates(theta, resid, k)
         step = min(p, n - state.width)
-        done = ((estimate <= tol) & (vector <= settings.vector_tol)) | (rel_resid <= STALL)
+        # the vectors' angles are about r_i / delta_i and fp32 passes take r_i no lower than
+        # STALL theta_1: below a relative Ritz gap of STALL / vector_tol they cannot meet
+        # vector_tol (the top is not separated), so such a member stops on its values. (A
+        # vector_tol below STALL is out of the fp32 passes' reach on any gap: those run on to
+        # STALL and the fp64 pass, as they always did.)
+        unresolvable = (rel_gap * settings.vector_tol < STALL) & (settings.vector_tol >= STALL)
+        done = ((estimate <= tol) & ((vector <= settings.vector_tol) | unresolvable)) | (rel_resid <= STALL)
         # sigma converged: stop if the fp64 pass will certify it (where it can at all)
         check = (estimate <= tol) & ~done
         if bool(check.any()):
@@ -281,8 +293,9 @@ def _iterate(after: torch.Tensor, before: torch.Tensor | None, block: torch.Tens
             done = torch.ones_like(done)
         if bool(done.any()):
             left_passes = (out.iters[members] < max_iters)[done.cpu()]
+            refine = (vector > settings.vector_tol) & ~unresolvable
             cert = conclude(state.subset(done), members[done.cpu()], theta[done], coef[done], estimate[done],
-                            left_passes, out)
+                            vector[done], refine[done], left_passes, out)
             if cert is not None:
                 certificates.append(cert)
             go_on = ~done

@@ -96,9 +96,14 @@ def predicted_to_certify(state: Krylov, theta: torch.Tensor, coef: torch.Tensor,
 
 
 def conclude(state: Krylov, members: torch.Tensor, theta: torch.Tensor, coef: torch.Tensor,
-             estimate: torch.Tensor, certify_possible: torch.Tensor, out: Outputs) -> Certificate | None:
-    """Finish the stopped members of ``state`` from the fp32 data, or queue their fp64 certificate
-    (where ``certify_possible``: a pass is left to them)."""
+             estimate: torch.Tensor, vector: torch.Tensor, refine: torch.Tensor, certify_possible: torch.Tensor,
+             out: Outputs) -> Certificate | None:
+    """Finish the stopped members of ``state`` from the fp32 data (``estimate``, ``vector``: fp64
+    [b], the value and vector estimates of ops/svd_estimate.py), or queue their fp64 pass
+    (where ``certify_possible``: a pass is left to them): where it is predicted to certify
+    and the fp32 bound does not, or where the vectors are short of vector_tol though
+    resolvable (``refine``, bool [b]: the pass is a block power step on the top Ritz
+    vectors)."""
     settings = out.settings
     k, p, tol = settings.k, settings.p, settings.tol
     # a certificate out of reach needs only the honest (loose) bound: from the first p Ritz vectors
@@ -111,12 +116,12 @@ def conclude(state: Krylov, members: torch.Tensor, theta: torch.Tensor, coef: to
     pick = torch.where(estimate > tol, min(max(CERTIFICATE_WIDTHS), w), 0)
     for width in sorted(predicted, reverse=True):
         pick = torch.where(predicted[width] <= tol, width, pick)
-    certify = (bound > tol) & (pick > 0) & certify_possible.to(bound.device)
+    certify = ((bound > tol) | refine) & (pick > 0) & certify_possible.to(bound.device)
     now = ~certify
     if bool(now.any()):
         left = combine(state.yt[now].double(), coef[now][:, :, :k])
         out.store(members[now.cpu()], state.scale[now], theta[now][:, :k], left, vecs[now][:, :, :k],
-                  bound[now], estimate[now], vecs[now][:, :, :p])
+                  bound[now], estimate[now], vector[now], vecs[now][:, :, :p])
     if not bool(certify.any()):
         return None
     width = int(pick[certify].max())  # one width per call: the widest any member needs
@@ -156,7 +161,8 @@ def certify(after: torch.Tensor, before: torch.Tensor | None, cert: Certificate,
     s_hat = _s_hat(theta[:, :k], frob2, out.unit[cert.members[finite].to(out.unit.device)])
     rtr, vtr = resid.mT @ resid, vecs.mT @ resid
     bound = _bound_from(theta, rtr, vtr, margin, torch.full_like(frob2, f2), s_hat, k)
-    estimate = ritz_estimates(theta, torch.linalg.vector_norm(resid[:, :, :k], dim=1), k).value
+    estimates = ritz_estimates(theta, torch.linalg.vector_norm(resid[:, :, :k], dim=1), k)
     left = y.double() @ coef[:, :, :k]
     basis = torch.cat([vecs, cert.rest[fin].double()], 2)[:, :, :out.basis.shape[2]]
-    out.store(cert.members[finite], frob2, theta[:, :k], left, vecs[:, :, :k], bound, estimate, basis)
+    out.store(cert.members[finite], frob2, theta[:, :k], left, vecs[:, :, :k], bound, estimates.value,
+              estimates.vector, basis)

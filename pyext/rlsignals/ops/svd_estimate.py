@@ -55,11 +55,14 @@ class RitzEstimates(NamedTuple):
     value: max_i |S_i - sigma_i| / sigma_1, floored at ROUNDING_FLOOR.
     vector: max_i r_i / delta_i, the estimated sine of the angle of v_i to the true v_i.
     resid: max_i r_i / theta_1, the relative residual.
+    gap: min_i delta_i / theta_1, the relative Ritz gap the vector estimate divides by (inf
+        with no other Ritz value or a zero delta).
     """
 
     value: torch.Tensor
     vector: torch.Tensor
     resid: torch.Tensor
+    gap: torch.Tensor
 
 
 def ritz_estimates(theta: torch.Tensor, resid: torch.Tensor, k: int) -> RitzEstimates:
@@ -85,5 +88,6 @@ def ritz_estimates(theta: torch.Tensor, resid: torch.Tensor, k: int) -> RitzEsti
     est = torch.where(zero, torch.zeros_like(est), est.clamp_min(ROUNDING_FLOOR))
     vector = torch.where(resid > 0, torch.where(known, resid / gap, math.inf), 0.0).amax(1)
     rel_resid = resid.amax(1) / torch.where(zero, 1, theta[:, 0])
+    rel_gap = torch.where(zero, math.inf, gap.amin(1) / torch.where(zero, 1, theta[:, 0]))
     nothing = torch.zeros_like(est)
-    return RitzEstimates(est, torch.where(zero, nothing, vector), torch.where(zero, nothing, rel_resid))
+    return RitzEstimates(est, torch.where(zero, nothing, vector), torch.where(zero, nothing, rel_resid), rel_gap)

@@ -33,6 +33,15 @@ class DeltaSVD(NamedTuple):
     err_estimate: fp32 [B], a-posteriori estimate of max_i |S_i - sigma_i| / sigma_1 (the
         residual/gap test of ARPACK-style solvers; not a bound: ops/svd.py's docstring).
     certified: bool [B], err_bound <= tol.
+    vector_estimate: fp32 [B], the vectors' own error estimate: max_i r_i / delta_i, the
+        estimated sine of the angle of each v_i to the true one (Davis-Kahan with the Ritz gap
+        delta_i; u_i = dW v_i / S_i is as close or closer). Not a bound (same caveats as
+        err_estimate); 0 for a zero delta.
+    vectors_undetermined: bool [B], vector_estimate > vector_tol: the member stopped with its
+        vectors not to vector_tol. Almost always because the top is not separated (sigma_1 /
+        sigma_2 near 1: the Ritz gap is too small for fp32 passes to resolve u_i, v_i, and the
+        member stopped on its values), else because max_iters ran out. Never with
+        vector_tol=math.inf.
     """
 
     S: torch.Tensor
@@ -45,6 +54,8 @@ class DeltaSVD(NamedTuple):
     basis: torch.Tensor
     err_estimate: torch.Tensor
     certified: torch.Tensor
+    vector_estimate: torch.Tensor
+    vectors_undetermined: torch.Tensor
 
 
 def _round_up(x: torch.Tensor) -> torch.Tensor:
@@ -78,17 +89,21 @@ class Outputs:
         self.err_bound = torch.full((num,), nan, device=device)
         self.err_estimate = torch.full((num,), nan, device=device)
         self.certified = torch.zeros(num, dtype=torch.bool, device=device)
+        self.vector_estimate = torch.full((num,), nan, device=device)
+        self.undetermined = torch.zeros(num, dtype=torch.bool, device=device)
         self.iters = torch.zeros(num, dtype=torch.int64)
         self.nonfinite = torch.zeros(num, dtype=torch.bool)
         self.basis = torch.full((num, n, settings.p), nan, device=device)
 
     def store(self, members: torch.Tensor, scale: torch.Tensor, theta: torch.Tensor, left: torch.Tensor,
-              vecs: torch.Tensor, bound: torch.Tensor, estimate: torch.Tensor, basis: torch.Tensor) -> None:
+              vecs: torch.Tensor, bound: torch.Tensor, estimate: torch.Tensor, vector: torch.Tensor,
+              basis: torch.Tensor) -> None:
         """Results of finished members. scale: fp64 [b] the pass's ||dW||_F^2; theta: fp64
         [b, k] Ritz values / scale; left: fp64 [b, m_r, k] dW V (this rank's rows); vecs:
-        [b, n, k] V; bound, estimate: fp64 [b]; basis: [b, n, p]. S and frob are scaled back
-        by ``unit``; the estimate is raised to the rounding of S to fp32 where that is larger
-        (S subnormal: the bound accounts for it by taking the rounded S, ops/svd_certify.py)."""
+        [b, n, k] V; bound, estimate, vector (the vectors' estimate): fp64 [b]; basis: [b, n, p].
+        S and frob are scaled back by ``unit``; the estimate is raised to the rounding of S to
+        fp32 where that is larger (S subnormal: the bound accounts for it by taking the rounded
+        S, ops/svd_certify.py)."""
         at = members.to(self.S.device)
         rows = self.settings.rows
         unit = self.unit[at]
@@ -104,6 +119,8 @@ class Outputs:
         self.frob[at] = (scale.sqrt() * unit).float()
         self.err_bound[at], self.err_estimate[at] = err, _round_up(torch.maximum(estimate, rounding))
         self.certified[at] = err <= self.settings.tol
+        self.vector_estimate[at] = _round_up(vector)
+        self.undetermined[at] = vector > self.settings.vector_tol
         self.basis[at] = basis.float()
 
     def store_zero(self, members: torch.Tensor, block: torch.Tensor) -> None:
@@ -112,13 +129,14 @@ class Outputs:
         zeros = torch.zeros(b, dtype=torch.float64, device=block.device)
         left = torch.zeros(b, self.U.shape[1], k, dtype=torch.float64, device=block.device)
         self.store(members, zeros, torch.zeros(b, k, dtype=torch.float64, device=block.device), left,
-                   block[:, :, :k], zeros, zeros, block)
+                   block[:, :, :k], zeros, zeros, zeros, block)
 
     def take(self, members: torch.Tensor, other: Outputs) -> None:
         """The results of ``other`` (a solve of these members alone, e.g. rescaled) as theirs;
         its passes are added to those these members have taken here."""
         at = members.to(self.S.device)
-        for name in ("S", "U", "V", "frob", "err_bound", "err_estimate", "certified", "basis"):
+        for name in ("S", "U", "V", "frob", "err_bound", "err_estimate", "certified", "vector_estimate",
+                     "undetermined", "basis"):
             getattr(self, name)[at] = getattr(other, name)
         self.iters[members] += other.iters
         self.nonfinite[members] = other.nonfinite
@@ -126,4 +144,5 @@ class Outputs:
     def result(self) -> DeltaSVD:
         device = self.S.device
         return DeltaSVD(self.S, self.U, self.V, self.frob, self.err_bound, self.iters.to(device),
-                        self.nonfinite.to(device), self.basis, self.err_estimate, self.certified)
+                        self.nonfinite.to(device), self.basis, self.err_estimate, self.certified,
+                        self.vector_estimate, self.undetermined)
