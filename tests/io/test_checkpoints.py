@@ -12,6 +12,7 @@ from rlsignals.io.checkpoints import (
     Checkpoint,
     CheckpointError,
     check_compatible,
+    layout_batches,
     module_kind,
     select_matrices,
     shape_batches,
@@ -58,6 +59,45 @@ def test_shape_batches_batch_layer_stacks(tmp_path):
         m, n = ckpt.shape(batch[0])
         assert len(batch) * 4 * m * n <= limit
     assert max(len(b) for b in small if "up_proj" in b[0]) == 2
+
+
+@pytest.mark.parametrize("shard", [None, "8KB"])
+def test_layout_batches_are_views_of_the_file(tmp_path, shard):
+    """One batch per module kind in a single file (layers in file order, equally spaced), and
+    ``stack`` returns it as a view of the file's memory map: the same values as the tensors,
+    members one layer's bytes apart. Sharded files cut the runs; every batch still stacks
+    to the right values, and the modules are all there once."""
+    save_tiny(tmp_path / "m", shard=shard)
+    ckpt = Checkpoint(tmp_path / "m")
+    names = select_matrices(ckpt)
+    batches = layout_batches(ckpt, names)
+    assert sorted(n for b in batches for n in b) == sorted(names)
+    for batch in batches:
+        assert len({module_kind(n) for n in batch}) == 1 and len({ckpt.location(n)[0] for n in batch}) == 1
+        offsets = [ckpt.location(n)[1] for n in batch]
+        assert offsets == sorted(offsets)
+        stacked = ckpt.stack(batch)
+        assert torch.equal(stacked, torch.stack([ckpt.get(n) for n in batch]))
+        if len(batch) > 1:  # a view: members at the file's spacing, not packed one after another
+            step = (offsets[1] - offsets[0]) // 2
+            assert stacked.stride(0) == step and step > stacked[0].numel()
+            assert stacked.untyped_storage().nbytes() == ckpt.location(batch[0])[0].stat().st_size
+    if shard is None:
+        assert len(batches) == 7  # q k v o gate up down, each over the 3 layers
+        limit = 32 * 48 * 4 * 2  # two fp32 up_proj matrices
+        small = layout_batches(ckpt, names, max_batch_bytes=limit)
+        assert max(len(b) for b in small if "up_proj" in b[0]) == 2
+        assert sorted(n for b in small for n in b) == sorted(names)
+
+
+def test_stack_copies_when_the_layout_does_not_allow_a_view(tmp_path):
+    save_tiny(tmp_path / "m")
+    ckpt = Checkpoint(tmp_path / "m")
+    names = ["model.layers.2.mlp.up_proj.weight", "model.layers.0.mlp.up_proj.weight",
+             "model.layers.1.mlp.up_proj.weight"]  # not equally spaced in this order
+    stacked = ckpt.stack(names)
+    assert stacked.is_contiguous() and torch.equal(stacked, torch.stack([ckpt.get(n) for n in names]))
+    ckpt.will_need()  # a hint to the kernel, nothing to see but that it does not fail
 
 
 def test_write_checkpoint_round_trip(tmp_path):

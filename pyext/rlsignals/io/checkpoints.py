@@ -3,12 +3,15 @@
 A ``Checkpoint`` opens a folder with ``model.safetensors`` or sharded
 ``model-0000k-of-0000n.safetensors`` files listed in
 ``model.safetensors.index.json``. Tensors are memory-mapped and read one at a
-time, so a model is never held in RAM whole. Errors name the folder, the file
-and the tensor.
+time, so a model is never held in RAM whole; ``Checkpoint.stack`` gives a batch of
+same-kind modules as one view of the map where the file's layout allows
+(``rlsignals.io.mapped``), else a copy. Errors name the folder, the file and the
+tensor.
 
 ``select_matrices`` picks the tensors an analysis covers (default: every 2-D
-weight of the decoder layers; embeddings, lm_head and norms out) and
-``shape_batches`` batches same-shaped ones for ``delta_svd``.
+weight of the decoder layers; embeddings, lm_head and norms out);
+``shape_batches`` batches same-shaped ones for ``delta_svd``, and
+``layout_batches`` batches them so that ``Checkpoint.stack`` needs no copy.
 ``write_checkpoint`` writes a loadable copy of a checkpoint with some tensors
 replaced, atomically; it carries the files that belong to the weights (config,
 tokenizer, shard index, remote code) and none of a trainer's state (optimizer,
@@ -21,8 +24,9 @@ import json
 import math
 import re
 import shutil
+import struct
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -32,6 +36,7 @@ from safetensors.torch import save_file
 from rlsignals.io import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from rlsignals.io.atomic import atomic_folder
 from rlsignals.io.errors import UserError
+from rlsignals.io.mapped import MappedFile
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -57,6 +62,7 @@ class Checkpoint:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._handles: dict[Path, object] = {}
+        self._mapped: dict[Path, MappedFile] = {}
         if not self.path.is_dir():
             found = "no such folder" if not self.path.exists() else "a file"
             raise CheckpointError(f"{self.path}: not a checkpoint folder ({found}); expected a Hugging Face "
@@ -117,6 +123,38 @@ class Checkpoint:
         except SafetensorError as exc:
             raise CheckpointError(f"{file}: cannot read tensor {name!r}: {exc}") from None
 
+    def _map(self, file: Path) -> MappedFile:
+        if file not in self._mapped:
+            self._open(file)  # a damaged file fails here, with the message of every other read
+            try:
+                self._mapped[file] = MappedFile(file)
+            except (OSError, ValueError, KeyError, struct.error) as exc:
+                raise CheckpointError(f"{file}: cannot read safetensors header (truncated or corrupt?): "
+                                      f"{exc}") from None
+        return self._mapped[file]
+
+    def location(self, name: str) -> tuple[Path, int]:
+        """(file, byte offset of the tensor's data in it)."""
+        file = self._file_of(name)
+        return file, self._map(file).entries[name].offset
+
+    def stack(self, names: Sequence[str]) -> torch.Tensor:
+        """[B, *shape] of the named tensors (one shape and dtype), in this order: a view of the
+        memory-mapped file when they lie in one file at equal distances (same-kind modules of
+        successive layers, batched by ``layout_batches``), else a stacked copy."""
+        files = {self._file_of(name) for name in names}
+        if len(files) == 1:
+            view = self._map(files.pop()).stack(names)
+            if view is not None:
+                return view
+        return torch.stack([self.get(name) for name in names])
+
+    def will_need(self) -> None:
+        """Ask the kernel to read every file of the checkpoint into the page cache in the
+        background (a later read then waits less, or not at all)."""
+        for file in sorted(set(self.files.values())):
+            self._map(file).will_need()
+
 
 def select_matrices(ckpt: Checkpoint, include: str = DEFAULT_INCLUDE,
                     exclude: str | None = DEFAULT_EXCLUDE) -> list[str]:
@@ -174,6 +212,30 @@ def shape_batches(shapes: Mapping[str, tuple[int, ...]], max_batch_bytes: int = 
         group = sorted(group, key=lambda n: (module_kind(n), layer_index(n) or 0, n))
         batches += [group[i:i + per_batch] for i in range(0, len(group), per_batch)]
     return batches
+
+
+def layout_batches(ckpt: Checkpoint, names: Iterable[str], max_batch_bytes: int = 1 << 30) -> list[list[str]]:
+    """Batches of same-shaped modules for ``delta_svd`` that ``ckpt.stack`` serves as views of
+    its file: the modules of one kind (``module_kind``), shape and dtype in one file, in file
+    order, cut where the distance between successive ones changes, and into chunks of at
+    most ``max_batch_bytes`` (the fp32 size of one operand). Batches in file order of their
+    first module. A model whose layers hold the same tensors gives one run per kind and file."""
+    groups: dict[tuple, list[tuple[int, str]]] = defaultdict(list)
+    for name in names:
+        file, offset = ckpt.location(name)
+        groups[(file, module_kind(name), ckpt.shape(name), ckpt.dtype(name))].append((offset, name))
+    runs: list[tuple[tuple[Path, int], list[str]]] = []
+    for (file, _, shape, _), members in groups.items():
+        members.sort()
+        per_batch = max(1, max_batch_bytes // (4 * math.prod(shape)))
+        run: list[tuple[int, str]] = []
+        for offset, name in members:
+            if len(run) >= 2 and offset - run[-1][0] != run[1][0] - run[0][0] or len(run) == per_batch:
+                runs.append(((file, run[0][0]), [n for _, n in run]))
+                run = []
+            run.append((offset, name))
+        runs.append(((file, run[0][0]), [n for _, n in run]))
+    return [batch for _, batch in sorted(runs, key=lambda r: (str(r[0][0]), r[0][1]))]
 
 
 def write_checkpoint(base: Checkpoint, out: str | Path, replaced: Mapping[str, torch.Tensor],
