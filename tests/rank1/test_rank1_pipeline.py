@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from rlsignals.io.checkpoints import Checkpoint, CheckpointError, select_matrices, shape_batches
+from rlsignals.io.checkpoints import Checkpoint, CheckpointError, layout_batches, select_matrices
 from rlsignals.ops.svd import delta_svd
 from rlsignals.rank1 import track
 from rlsignals.rank1.extrapolate import extrapolate, read_accuracy
@@ -106,7 +106,7 @@ def test_resume_equals_an_uninterrupted_run(run, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return delta_svd(*args, **kwargs)
 
-    batches = shape_batches(whole.shapes)
+    batches = layout_batches(Checkpoint(root / "base"), whole.modules)
     monkeypatch.setattr(track, "delta_svd", interrupted)
     with pytest.raises(KeyboardInterrupt):
         track_rank1(root / "base", paths[:3], tmp_path / "part", progress=False)

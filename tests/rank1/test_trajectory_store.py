@@ -21,11 +21,13 @@ def fake_results(seed: int) -> dict[str, dict[str, torch.Tensor]]:
     out = {}
     for i, (name, (m, n)) in enumerate(SHAPES.items()):
         bound = torch.rand((), generator=gen) * 2e-4
+        vector = torch.rand((), generator=gen) * 2e-4
         out[name] = {"S": torch.rand(K, generator=gen).sort(descending=True).values,
                      "U": torch.randn(m, K, generator=gen), "V": torch.randn(n, K, generator=gen),
                      "frob": torch.rand((), generator=gen),
                      "err_bound": bound, "err_estimate": bound / 10, "certified": bound <= 1e-4,
-                     "iters": torch.tensor(3 + i + seed)}
+                     "iters": torch.tensor(3 + i + seed), "vector_estimate": vector,
+                     "vectors_undetermined": vector > 1e-4}
     return out
 
 
@@ -49,15 +51,21 @@ def test_records_round_trip_and_the_basis_is_kept_for_the_latest_only(tmp_path):
         assert torch.equal(s, torch.stack([r[name]["S"] for r in written]))
         assert torch.equal(u, torch.stack([r[name]["U"] for r in written]))
         assert torch.equal(v[:, :, 0], again.vectors(name)[1])
-        for key in ("frob", "err_bound", "err_estimate", "iters"):
+        for key in ("frob", "err_bound", "err_estimate", "iters", "vector_estimate"):
             assert torch.equal(again.scalar(key, name), torch.stack([r[name][key] for r in written]).double())
-        assert torch.equal(again.scalar("certified", name), torch.stack([r[name]["certified"] for r in written]))
+        for key in ("certified", "vectors_undetermined"):
+            assert torch.equal(again.scalar(key, name), torch.stack([r[name][key] for r in written]))
     flags = torch.stack([torch.stack([r[n]["certified"] for r in written]).all() for n in SHAPES])
     assert again.certified_count() == (int(flags.sum()), 2)
+    undetermined = [n for n in SHAPES if any(bool(r[n]["vectors_undetermined"]) for r in written)]
+    assert again.undetermined() == undetermined
     summary = json.loads((root / INDEX).read_text())["modules"]
     assert [summary[n]["certified"] for n in SHAPES] == flags.tolist()
+    assert [n for n in SHAPES if summary[n]["vectors_undetermined"]] == undetermined
     worst = max(float(r["a.weight"]["err_bound"]) for r in written)
     assert summary["a.weight"]["max_err_bound"] == pytest.approx(worst)
+    worst = max(float(r["b.weight"]["vector_estimate"]) for r in written)
+    assert summary["b.weight"]["max_vector_estimate"] == pytest.approx(worst)
     assert sorted(p.name for p in root.glob("basis-*")) == ["basis-0002.safetensors"]
     for name, block in again.latest_basis().items():
         assert torch.equal(block, fake_basis(2)[name])
@@ -77,6 +85,20 @@ def test_truncation_keeps_a_basis_only_for_its_own_record(tmp_path):
         traj.truncate(4)
 
 
+def test_summary_lines_count_certified_and_undetermined_modules(tmp_path):
+    traj = Trajectory.open_or_create(tmp_path, "base", SHAPES, k=K, tol=1e-4)
+    results = fake_results(0)
+    results["a.weight"].update(vector_estimate=torch.tensor(0.03), vectors_undetermined=torch.tensor(True))
+    results["b.weight"].update(vector_estimate=torch.tensor(2e-5), vectors_undetermined=torch.tensor(False),
+                               err_bound=torch.tensor(5e-5), certified=torch.tensor(True))
+    traj.add("c", 1, results)
+    lines = Trajectory.open(tmp_path).summary_lines()
+    assert lines[0] == f"trajectory of 2 modules over 1 checkpoints -> {tmp_path}"
+    assert lines[1].startswith(f"{int(results['a.weight']['certified']) + 1} of 2 modules certified")
+    assert lines[2] == ("1 of 2 modules: top not separated, vectors undetermined (estimated sin(u_1) up to 0.03; "
+                        "sigma_1 to tol all the same)")
+
+
 def test_reopening_with_other_settings_is_refused(tmp_path):
     Trajectory.open_or_create(tmp_path, "base", SHAPES, k=K, tol=1e-4).add("c", 1, fake_results(0))
     assert Trajectory.open_or_create(tmp_path, "base", SHAPES, k=K, tol=1e-4).steps == [1]
@@ -89,7 +111,9 @@ def test_reopening_with_other_settings_is_refused(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     (lambda root: (root / INDEX).write_text('{"format": 2, "base'), "not a trajectory index"),
     (lambda root: (root / INDEX).write_text(json.dumps({"version": 1, "base": "b", "shapes": {}, "checkpoints": []})),
-     "trajectory format 1, this rlsignals reads format 2"),
+     "trajectory format 1, this rlsignals reads format 3"),
+    (lambda root: (root / INDEX).write_text(json.dumps({**json.loads((root / INDEX).read_text()), "format": 2})),
+     r"trajectory format 2, this rlsignals reads format 3 \(rerun `rlsignals rank1` into a new --out\)"),
     (lambda root: (root / INDEX).unlink(), "no trajectory.json; not a trajectory store"),
 ])
 def test_a_damaged_or_old_index_is_one_line(tmp_path, damage, message):

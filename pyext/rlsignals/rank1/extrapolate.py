@@ -11,11 +11,20 @@ Three extrapolators with one interface, ``extrapolate(method=...)``:
                features, evaluated at ``target_step``: W_T + (x* - x_T) v_T^T
   two_point    W_0 + a (W_T - W_0) with a = target_step / step_T (or ``factor``)
 
+alpharl and linear_step fit the modules' u_1; where that is undetermined at a fitted
+checkpoint (the trajectory's ``vectors_undetermined``: the top of the update is not
+separated, sigma_1 / sigma_2 near 1, so u_1 is an arbitrary direction of a near-degenerate
+top and a fit on it extrapolates noise), ``undetermined="keep"`` (the default) leaves the
+module at the latest fitted checkpoint's weights and ``"use"`` extrapolates it all the same.
+two_point reads the weights, not u_1, and extrapolates every module.
+
 The result is a loadable HF checkpoint (the latest fitted checkpoint's weights
 with the tracked modules replaced, its config and tokenizer; none of its
 trainer state, which would not match the new weights) plus ``extrapolation.json`` recording the
-method, the fitted checkpoints and, per module, the fit's R^2 in-sample and
-leave-one-out.
+method, the fitted checkpoints, what was done with modules whose vectors are undetermined
+("vectors_undetermined": policy, count, modules) and, per module, the fit's R^2 in-sample
+and leave-one-out (or "kept" for a module left as it was). ``summary_lines`` says it in a
+few lines.
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from rlsignals.rank1.alpharl import UPDATES, aligned_features, alpharl_update, l
 from rlsignals.rank1.trajectory import INDEX, Trajectory
 
 METHODS = ("alpharl", "linear_step", "two_point")
+UNDETERMINED = ("keep", "use")  # what alpharl / linear_step do with modules whose u_1 is undetermined
+REPORT = "extrapolation.json"
 
 
 def open_trajectory(root: str | Path) -> Trajectory:
@@ -82,10 +93,13 @@ def _fitted(traj: Trajectory, accuracy: dict[int, float], fit_steps: Sequence[in
 def extrapolate(base: str | Path, traj: Trajectory, out: str | Path, *, method: str = "alpharl",
                 accuracy: dict[int, float] | None = None, accuracy_path: str = "<accuracy>",
                 fit_steps: Sequence[int] | None = None, target_accuracy: float | None = None,
-                target_step: int | None = None, factor: float | None = None, update: str = "released") -> Path:
+                target_step: int | None = None, factor: float | None = None, update: str = "released",
+                undetermined: str = "keep") -> Path:
     """Write the extrapolated checkpoint to ``out``; see the module docstring."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if undetermined not in UNDETERMINED:
+        raise ValueError(f"undetermined must be one of {UNDETERMINED}, got {undetermined!r}")
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
     if method == "alpharl" and (accuracy is None or target_accuracy is None):
@@ -117,8 +131,17 @@ def extrapolate(base: str | Path, traj: Trajectory, out: str | Path, *, method: 
                               "fitted_steps": [traj.steps[i] for i in chosen], "written_from": latest_path,
                               "target_accuracy": target_accuracy, "target_step": target_step, "update": update,
                               "modules": {}}
+    flagged = traj.undetermined(chosen)
+    uses_vectors = method != "two_point"
+    report["vectors_undetermined"] = {
+        "policy": (undetermined if uses_vectors else "not used (two_point reads the weights, not u_1)"),
+        "count": len(flagged), "of": len(traj.modules), "modules": flagged}
+    kept = set(flagged) if uses_vectors and undetermined == "keep" else set()
     replaced = {}
     for module in traj.modules:
+        if module in kept:  # written as the latest fitted checkpoint has it
+            report["modules"][module] = {"kept": "vectors undetermined (top not separated)"}
+            continue
         w_latest = latest_ckpt.get(module).float()
         if method == "two_point":
             step_t = traj.steps[latest]
@@ -139,9 +162,33 @@ def extrapolate(base: str | Path, traj: Trajectory, out: str | Path, *, method: 
             info = {"r2": r2}
         info["sign_flips"] = int(flips.sum())
         info["update_norm"] = float(delta.norm())
+        if module in flagged:
+            info["vectors_undetermined"] = True
         replaced[module] = w_latest + delta
         report["modules"][module] = info
     r2s = [m["r2"] for m in report["modules"].values() if "r2" in m and math.isfinite(m["r2"])]
     report["mean_r2"] = float(np.mean(r2s)) if r2s else None
-    return write_checkpoint(latest_ckpt, out, replaced, {"extrapolation.json": json.dumps(report, indent=1) + "\n"},
+    return write_checkpoint(latest_ckpt, out, replaced, {REPORT: json.dumps(report, indent=1) + "\n"},
                             command="extrapolate")
+
+
+def summary_lines(out: str | Path) -> list[str]:
+    """What ``rlsignals extrapolate`` prints when done, from ``out``'s extrapolation.json:
+    the method and where it wrote, and what it did with modules whose vectors are
+    undetermined."""
+    out = Path(out)
+    report = json.loads((out / REPORT).read_text())
+    lines = [f"{report['method']} extrapolation -> {out} (what was done: {out / REPORT})"]
+    flags = report["vectors_undetermined"]
+    count, total = flags["count"], flags["of"]
+    if not count:
+        lines.append(f"0 of {total} modules with undetermined vectors at the fitted checkpoints")
+    elif flags["policy"] == "keep":
+        lines.append(f"{count} of {total} modules kept at the latest fitted checkpoint's weights: top not "
+                     "separated, vectors undetermined (undetermined='use' extrapolates them all the same)")
+    elif flags["policy"] == "use":
+        lines.append(f"{count} of {total} modules extrapolated although their vectors are undetermined (top not "
+                     "separated): their fit is on an arbitrary direction of a near-degenerate top")
+    else:
+        lines.append(f"{count} of {total} modules have undetermined vectors; {report['method']} does not use them")
+    return lines

@@ -10,10 +10,13 @@ model's parameters.
 ``track_rank1`` reads a base checkpoint W_0 and checkpoints W_1..W_C, takes the
 top-k singular triplets of every tracked module's update dW_t = W_t - W_0 and
 appends them to a ``Trajectory`` store. Every checkpoint's header (tensor names,
-shapes, dtypes) is checked before the first SVD. It resumes: checkpoints already
-in the store are skipped and the next one starts from the saved warm-start basis,
-so a resumed run equals an uninterrupted one. Under torchrun the module batches
-are split across ranks and rank 0 writes.
+shapes, dtypes) is checked before the first SVD. The modules of one kind go to
+``delta_svd`` as one batch, a view of the memory-mapped files (``layout_batches``,
+``Checkpoint.stack``: no copy of the weights), and the kernel is asked to read the
+next checkpoint into the page cache while the current one is solved. It resumes:
+checkpoints already in the store are skipped and the next one starts from the
+saved warm-start basis, so a resumed run equals an uninterrupted one. Under
+torchrun the module batches are split across ranks and rank 0 writes.
 
 ``rank1_model`` writes W_0 + alpha * scale * u_1 v_1^T for every module, with
 scale = ||dW||_F (the paper's rescaling) or sigma_1.
@@ -24,6 +27,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,8 +43,8 @@ from rlsignals.io.checkpoints import (
     CheckpointError,
     check_compatible,
     check_shapes,
+    layout_batches,
     select_matrices,
-    shape_batches,
     write_checkpoint,
 )
 from rlsignals.io.distributed import barrier, broadcast_object, merge_dicts, rank_and_world
@@ -48,6 +53,9 @@ from rlsignals.rank1.trajectory import Trajectory
 
 Loader = Callable[[Sequence[str]], "tuple[torch.Tensor, torch.Tensor]"]
 SUPPORTED_DTYPES = ("F32", "F16", "BF16")
+# what top_triplets returns per module (and the trajectory stores)
+RESULT_FIELDS = ("S", "U", "V", "frob", "err_bound", "err_estimate", "certified", "iters", "vector_estimate",
+                 "vectors_undetermined")
 
 
 def _gather_rows(local: torch.Tensor, group) -> torch.Tensor:
@@ -61,10 +69,11 @@ def _gather_rows(local: torch.Tensor, group) -> torch.Tensor:
 
 def top_triplets(batches: Sequence[Sequence[str]], load: Loader, basis: dict[str, torch.Tensor], *, k: int = 1,
                  tol: float = 1e-4, max_iters: int | None = None, backend: str = "auto", process_group=None,
-                 where: str = "", on_batch: Callable[[], None] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+                 where: str = "", on_batch: Callable[[], None] | None = None,
+                 timings: dict[str, float] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """The top-k singular triplets of every module's update, batch by batch.
 
-    batches: lists of names of same-shaped modules (``shape_batches``).
+    batches: lists of names of same-shaped modules (``layout_batches`` or ``shape_batches``).
     load(batch): (after, before), each [B, m, n] (or this rank's row slab [B, m_r, n]
         with ``process_group``) on the device to compute on, one dtype.
     basis: module -> warm-start block [n, p] from its previous result; a batch starts
@@ -72,27 +81,35 @@ def top_triplets(batches: Sequence[Sequence[str]], load: Loader, basis: dict[str
     process_group: the weights are row-sharded over this group: delta_svd all-reduces
         its products, every rank gets the same S, V and basis, and U is gathered from
         the ranks' slabs (k (m + n) numbers per module, never the weights).
-    Returns module -> {"S" [k], "U" [m, k], "V" [n, k], "frob", "err_bound",
-    "err_estimate", "certified", "iters" (0-d)}, on the CPU. A module whose update holds
+    timings: when given, seconds spent in ``load`` ("read") and in delta_svd ("solve", the
+        first touch of memory-mapped pages included) are added to it.
+    Returns module -> {"S" [k], "U" [m, k], "V" [n, k], "frob", "err_bound", "err_estimate",
+    "certified", "iters", "vector_estimate", "vectors_undetermined" (0-d)}, on the CPU
+    (RESULT_FIELDS; delta_svd's fields of the same names). A module whose update holds
     NaN/inf gets NaN results and a RuntimeWarning naming ``where`` and the module.
     """
     results: dict[str, dict[str, torch.Tensor]] = {}
+    clock = timings if timings is not None else {}
     for batch in batches:
+        start = time.perf_counter()
         after, before = load(batch)
         init = torch.stack([basis[n] for n in batch]).to(after.device) if all(n in basis for n in batch) else None
+        loaded = time.perf_counter()
         res = delta_svd(after, before, k=k, tol=tol, max_iters=max_iters, init=init, backend=backend,
                         process_group=process_group)
         del after, before
         host = {key: getattr(res, key).cpu() for key in ("S", "V", "frob", "err_bound", "err_estimate", "certified",
-                                                         "iters", "nonfinite", "basis")}
+                                                         "iters", "nonfinite", "basis", "vector_estimate",
+                                                         "vectors_undetermined")}
         host["U"] = res.U.cpu() if process_group is None else _gather_rows(res.U, process_group)
         for j, name in enumerate(batch):  # clones: a pickled view (torchrun's gathers) would carry the whole batch
             basis[name] = host["basis"][j].clone()
-            results[name] = {key: host[key][j].clone() for key in ("S", "U", "V", "frob", "err_bound", "err_estimate",
-                                                           "certified", "iters")}
+            results[name] = {key: host[key][j].clone() for key in RESULT_FIELDS}
             if bool(host["nonfinite"][j]):
                 warnings.warn(f"{where}: the update of {name} holds NaN/inf; its trajectory entry is NaN",
                               RuntimeWarning, stacklevel=2)
+        clock["read"] = clock.get("read", 0.0) + loaded - start
+        clock["solve"] = clock.get("solve", 0.0) + time.perf_counter() - loaded
         if on_batch is not None:
             on_batch()
     return results
@@ -138,28 +155,35 @@ def _check_header(base: Checkpoint, ckpt: Checkpoint, names: Sequence[str], k: i
 
 def _loader(after: Checkpoint, before: Checkpoint, device: str) -> Loader:
     def load(batch: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        a = torch.stack([after.get(n) for n in batch])
-        b = torch.stack([before.get(n) for n in batch])
+        a, b = after.stack(batch), before.stack(batch)
         if a.dtype != b.dtype:  # e.g. a bf16 checkpoint against an fp32 base: compare in fp32
             a, b = a.float(), b.float()
         return a.to(device), b.to(device)
     return load
 
 
+def _will_need(ckpt: Checkpoint) -> None:
+    """Have the kernel read ``ckpt``'s files into the page cache, in a background thread."""
+    threading.Thread(target=ckpt.will_need, daemon=True).start()
+
+
 def track_rank1(base: str | Path, checkpoints: Sequence[str | Path], out: str | Path, *,
                 steps: Sequence[int] | None = None, include: str = DEFAULT_INCLUDE,
                 exclude: str | None = DEFAULT_EXCLUDE, k: int = 1, device: str = "cpu", tol: float = 1e-4,
                 max_iters: int | None = None, backend: str = "auto", max_batch_bytes: int = 1 << 30,
-                progress: bool = True) -> Trajectory:
+                progress: bool = True, timings: dict[str, float] | None = None) -> Trajectory:
     """Append the top-k triplets of every tracked module for each checkpoint not yet in
     ``out`` (a ``Trajectory`` store; see the module docstring). Returns the store;
-    ``certified_count()`` says how many modules the certificate covered."""
+    ``Trajectory.summary_lines()`` says how many modules were certified and how many have
+    undetermined vectors. ``timings``: when given, seconds of reading, solving and writing
+    the store ("read", "solve", "write") are added to it (this rank's)."""
     check_settings(k, tol, max_iters)
     if not checkpoints:
         raise ValueError("checkpoints is empty: give at least one checkpoint folder")
     if steps is not None and len(steps) != len(checkpoints):
         raise ValueError(f"got {len(steps)} steps for {len(checkpoints)} checkpoints")
     rank, world = rank_and_world()
+    clock = timings if timings is not None else {}
     base_ckpt = Checkpoint(base)
     names = select_matrices(base_ckpt, include, exclude)
     if not names:
@@ -175,18 +199,26 @@ def track_rank1(base: str | Path, checkpoints: Sequence[str | Path], out: str | 
     record_steps = list(steps) if steps is not None else [checkpoint_step(path) for path in checkpoints]
     traj = Trajectory.open_or_create(out, str(Path(base)), shapes, k=k, tol=tol) if rank == 0 else None
     done = broadcast_object({r.path for r in traj.records} if traj else set(), world)
-    batches = shape_batches(shapes, max_batch_bytes)[rank::world]
+    batches = layout_batches(base_ckpt, names, max_batch_bytes)[rank::world]
     mine = [n for batch in batches for n in batch]
     basis = Trajectory.open(out).latest_basis(mine) if done else {}
     todo = [i for i, label in enumerate(labels) if label not in done]
     bar = tqdm(total=len(todo) * len(batches), desc="rank-1 of updates", unit="batch", disable=not progress or rank)
-    for i in todo:
+    if todo:
+        _will_need(base_ckpt)
+        _will_need(ckpts[todo[0]])
+    for at, i in enumerate(todo):
+        if at + 1 < len(todo):
+            _will_need(ckpts[todo[at + 1]])  # read ahead while this one is solved
         results = top_triplets(batches, _loader(ckpts[i], base_ckpt, device), basis, k=k, tol=tol,
-                               max_iters=max_iters, backend=backend, where=labels[i], on_batch=lambda: bar.update(1))
+                               max_iters=max_iters, backend=backend, where=labels[i], on_batch=lambda: bar.update(1),
+                               timings=clock)
         results = merge_dicts(results, world)
         kept = merge_dicts({n: basis[n] for n in mine}, world)
         if rank == 0:
+            start = time.perf_counter()
             traj.add(labels[i], record_steps[i], results, kept)
+            clock["write"] = clock.get("write", 0.0) + time.perf_counter() - start
     bar.close()
     barrier(world)
     return traj if rank == 0 else Trajectory.open(out)

@@ -1,18 +1,20 @@
 """The rank-1 trajectory store: per module and tracked checkpoint (or training
 step), the top-k singular triplets of the update W_t - W_0 and how sure they are.
 
-Layout of a store folder (format 2; for 7B shapes about a thousand times smaller
+Layout of a store folder (format 3; for 7B shapes about a thousand times smaller
 than one checkpoint: k (m + n) fp32 numbers per module instead of m x n bf16):
 
     trajectory.json          format, base, k, tol, module shapes, a per-module
-                             summary (certified at every record, worst err_bound
-                             and err_estimate), and per record: its source (a
+                             summary (certified at every record, worst err_bound,
+                             err_estimate and vector_estimate, vectors undetermined
+                             at some record), and per record: its source (a
                              checkpoint folder, or "step N" in-loop), step,
                              accuracy (in-loop) and file. Its size grows by one
                              short entry per record, never with the modules' sizes.
     record-0000.safetensors  one record, M = number of modules in store order:
-                               S [M, k] fp32; frob, err_bound, err_estimate [M] fp32;
-                               certified [M] bool; iters [M] int64;
+                               S [M, k] fp32; frob, err_bound, err_estimate,
+                               vector_estimate [M] fp32; certified,
+                               vectors_undetermined [M] bool; iters [M] int64;
                                "U::<module>" [m, k], "V::<module>" [n, k] fp32
     basis-0000.safetensors   the warm-start block [n, p] of every module ("<module>"),
                              kept for the latest record only: a resumed run starts
@@ -20,20 +22,25 @@ than one checkpoint: k (m + n) fp32 numbers per module instead of m x n bf16):
 
 Per module, as delta_svd defines them: err_bound is the certificate (never below
 the true error of S relative to sigma_1); err_estimate the a-posteriori (residual
-and Ritz-gap) estimate of the same error; certified = err_bound <= tol.
+and Ritz-gap) estimate of the same error; certified = err_bound <= tol;
+vector_estimate the vectors' own estimate (residual / Ritz gap, the estimated sine
+of u_1's and v_1's angles); vectors_undetermined = vector_estimate > tol, mostly
+where the top is not separated (sigma_1 / sigma_2 near 1) and u_1, v_1 are not
+determined to tol at all (sigma_1 still is).
 
 A record is added by writing its file, then the basis file, then the index, each
 whole or not at all (``rlsignals.io.atomic``), then deleting the previous basis
 file: an interrupted run leaves the store as it was after its last whole record.
 The folder is made by the first record, so a run that fails before one leaves
-nothing. Stores of format 1 (u/v only, no estimate) are refused with one line.
+nothing. Stores of formats 1 and 2 (no vector estimate) are refused with one line:
+rerun `rlsignals rank1` into a new folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +51,14 @@ from safetensors.torch import save_file
 from rlsignals.io.atomic import atomic_path, write_json_atomic
 from rlsignals.io.errors import UserError
 
-FORMAT = 2
+FORMAT = 3
 INDEX = "trajectory.json"
-SCALARS = ("sigma", "frob", "err_bound", "err_estimate", "certified", "iters")
-FIELDS = ("S", "U", "V", "frob", "err_bound", "err_estimate", "certified", "iters")
+SCALARS = ("sigma", "frob", "err_bound", "err_estimate", "certified", "iters", "vector_estimate",
+           "vectors_undetermined")
+FLAGS = ("certified", "vectors_undetermined")
+# per-module numbers of a record file, beside "S" and the "U::" / "V::" vectors
+_RECORD_SCALARS = ("frob", "err_bound", "err_estimate", "certified", "iters", "vector_estimate",
+                   "vectors_undetermined")
 
 
 @dataclasses.dataclass
@@ -114,15 +125,16 @@ class Trajectory:
 
     def scalar(self, name: str, module: str) -> torch.Tensor:
         """[C] values of ``name`` for one module over the records: sigma (= S[:, 0]),
-        frob, err_bound, err_estimate, iters as fp64; certified as bool."""
+        frob, err_bound, err_estimate, vector_estimate, iters as fp64; certified and
+        vectors_undetermined as bool."""
         if name not in SCALARS:
             raise ValueError(f"name must be one of {SCALARS}, got {name!r}")
         at, key = self._index(module), "S" if name == "sigma" else name
         values = [self._read(r, [key])[key][at] for r in self.records]
         if not values:
-            return torch.zeros(0, dtype=torch.bool if name == "certified" else torch.float64)
+            return torch.zeros(0, dtype=torch.bool if name in FLAGS else torch.float64)
         stacked = torch.stack([v[0] if name == "sigma" else v for v in values])
-        return stacked if name == "certified" else stacked.double()
+        return stacked if name in FLAGS else stacked.double()
 
     def triplets(self, module: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(S [C, k], U [C, m, k], V [C, n, k]) of one module over the records, fp32."""
@@ -151,17 +163,45 @@ class Trajectory:
         except (SafetensorError, OSError) as exc:
             raise UserError(f"{file}: cannot read the warm-start basis (truncated or missing?): {exc}") from None
 
+    def _flags(self, name: str) -> torch.Tensor:
+        """bool [C, M]: the flag ``name`` of every module over the records."""
+        flags = [self._read(r, [name])[name] for r in self.records]
+        return torch.stack(flags) if flags else torch.zeros(0, len(self.shapes), dtype=torch.bool)
+
     def certified_count(self) -> tuple[int, int]:
         """(modules certified at every record, modules): err_bound <= tol throughout."""
-        flags = [self._read(r, ["certified"])["certified"] for r in self.records]
-        if not flags:
-            return 0, len(self.shapes)
-        return int(torch.stack(flags).all(0).sum()), len(self.shapes)
+        flags = self._flags("certified")
+        return (int(flags.all(0).sum()) if len(flags) else 0), len(self.shapes)
+
+    def undetermined(self, records: Sequence[int] | None = None) -> list[str]:
+        """The modules whose vectors are undetermined (vector_estimate > tol) at some record
+        (of ``records``, indices into ``records``; default all), in store order."""
+        flags = self._flags("vectors_undetermined")
+        if records is not None:
+            flags = flags[list(records)]
+        hit = flags.any(0).tolist() if len(flags) else [False] * len(self.shapes)
+        return [name for name, flag in zip(self.modules, hit) if flag]
+
+    def summary_lines(self) -> list[str]:
+        """What ``rlsignals rank1`` prints when done: the store, how many modules were
+        certified, and how many have undetermined vectors (with their worst estimate)."""
+        certified, modules = self.certified_count()
+        lines = [f"trajectory of {modules} modules over {len(self.records)} checkpoints -> {self.root}",
+                 f"{certified} of {modules} modules certified (err_bound <= tol); the others carry an "
+                 "a-posteriori estimate"]
+        flagged = self.undetermined()
+        if flagged:
+            worst = max(float(self.scalar("vector_estimate", name).max()) for name in flagged)
+            lines.append(f"{len(flagged)} of {modules} modules: top not separated, vectors undetermined "
+                         f"(estimated sin(u_1) up to {worst:.1g}; sigma_1 to tol all the same)")
+        else:
+            lines.append(f"0 of {modules} modules with undetermined vectors: u_1, v_1 to tol everywhere (estimated)")
+        return lines
 
     def verify(self) -> None:
         """Check every record file (and the basis file) is readable and holds every
         module, before any long work; a one-line error names the file."""
-        wanted = {"S", "frob", "err_bound", "err_estimate", "certified", "iters"}
+        wanted = {"S", *_RECORD_SCALARS}
         wanted |= {f"{side}::{name}" for name in self.modules for side in ("U", "V")}
         files = [(r.file, wanted) for r in self.records]
         files += [(self.basis_file, set(self.modules))] if self.basis_file else []
@@ -221,7 +261,8 @@ class Trajectory:
         """Append one record and save it.
 
         results: module -> {"S" [k], "U" [m, k], "V" [n, k], "frob", "err_bound",
-            "err_estimate", "certified", "iters" (0-d)} for every module of the store.
+            "err_estimate", "certified", "iters", "vector_estimate", "vectors_undetermined"
+            (0-d)} for every module of the store (rank1.track.RESULT_FIELDS).
         basis: module -> the warm-start block [n, p] to keep for the next record (all
             modules, or None to keep none).
         """
@@ -233,11 +274,12 @@ class Trajectory:
         number = len(self.records)
         file = f"record-{number:04d}.safetensors"
         tensors = {key: torch.stack([torch.as_tensor(results[name][key]).cpu() for name in self.modules])
-                   for key in ("S", "frob", "err_bound", "err_estimate", "certified", "iters")}
-        tensors["S"], tensors["certified"] = tensors["S"].float(), tensors["certified"].bool()
+                   for key in ("S", *_RECORD_SCALARS)}
         tensors["iters"] = tensors["iters"].long()
-        for key in ("frob", "err_bound", "err_estimate"):
+        for key in ("S", "frob", "err_bound", "err_estimate", "vector_estimate"):
             tensors[key] = tensors[key].float()
+        for key in FLAGS:
+            tensors[key] = tensors[key].bool()
         for name in self.modules:
             for key in ("U", "V"):
                 tensors[f"{key}::{name}"] = results[name][key].detach().float().cpu().contiguous()
@@ -273,12 +315,17 @@ class Trajectory:
             save_file(tensors, str(tmp))
 
     def _summary(self) -> dict[str, Any]:
-        """Per module: certified at every record, worst err_bound and err_estimate."""
-        read = [self._read(r, ["certified", "err_bound", "err_estimate"]) for r in self.records]
+        """Per module: certified at every record, worst err_bound, err_estimate and
+        vector_estimate, vectors undetermined at some record."""
+        keys = ("err_bound", "err_estimate", "vector_estimate")
+        read = [self._read(r, ["certified", "vectors_undetermined", *keys]) for r in self.records]
         certified = torch.stack([t["certified"] for t in read]).all(0)
-        worst = {key: torch.stack([t[key] for t in read]).amax(0) for key in ("err_bound", "err_estimate")}
+        undetermined = torch.stack([t["vectors_undetermined"] for t in read]).any(0)
+        worst = {key: torch.stack([t[key] for t in read]).amax(0) for key in keys}
         return {name: {"certified": bool(certified[i]), "max_err_bound": float(worst["err_bound"][i]),
-                       "max_err_estimate": float(worst["err_estimate"][i])} for i, name in enumerate(self.modules)}
+                       "max_err_estimate": float(worst["err_estimate"][i]),
+                       "max_vector_estimate": float(worst["vector_estimate"][i]),
+                       "vectors_undetermined": bool(undetermined[i])} for i, name in enumerate(self.modules)}
 
     def _write_index(self) -> None:
         meta: dict[str, Any] = {"format": FORMAT, "base": self.base, "k": self.k, "tol": self.tol,
