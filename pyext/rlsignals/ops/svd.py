@@ -63,10 +63,11 @@ What the fields promise (all relative to sigma_1; for k = 1 the relative error o
 - V, U: a member that stops on the estimate has max_i r_i / delta_i <= vector_tol (default
   tol), the estimated sine of the angle of each v_i to the true one (Davis-Kahan with the Ritz
   gap; u_i = dW v_i / S_i is closer still, its bulk components scaled by sigma_j / sigma_1).
-  Same caveats as err_estimate. A member whose top is not separated, or that ran out of
-  max_iters, does not meet it: its vector_estimate (max_i r_i / delta_i at the stop) is above
-  vector_tol and vectors_undetermined is set. With vector_tol=inf (values only) there is no
-  promise on the vectors and no flag.
+  Same caveats as err_estimate. A member whose top is not separated does not meet it: it stops
+  on its values with vectors_undetermined set and its vector_estimate (max_i r_i / delta_i at
+  the stop) well above vector_tol; one cut short by max_iters may not meet it either (its
+  vector_estimate says so). With vector_tol=inf (values only) there is no promise on the
+  vectors and no flag.
 
 Conventions. S descending. U = dW V / ||dW V|| column by column, so u_i^T dW v_i = S_i >= 0.
 Signs: the entry of largest magnitude of each u_i (the first such) is positive; where S_i = 0,
@@ -267,7 +268,7 @@ def _iterate(after: torch.Tensor, before: torch.Tensor | None, block: torch.Tens
             if not bool(finite.all()):
                 out.nonfinite[members[~finite]] = True
                 members, block, y, z, frob2 = members[finite], block[fin], y[fin], z[fin], frob2[fin]
-            state = state.subset(fin)
+            state = state.subset(fin, room=True)
         if members.numel() == 0:
             break
         state.append(block, y, z, pass_rounding(settings.m, n, block.shape[2], torch.float32))
@@ -293,13 +294,14 @@ def _iterate(after: torch.Tensor, before: torch.Tensor | None, block: torch.Tens
             done = torch.ones_like(done)
         if bool(done.any()):
             left_passes = (out.iters[members] < max_iters)[done.cpu()]
-            refine = (vector > settings.vector_tol) & ~unresolvable
+            undetermined = unresolvable & (vector > settings.vector_tol)
             cert = conclude(state.subset(done), members[done.cpu()], theta[done], coef[done], estimate[done],
-                            vector[done], refine[done], left_passes, out)
+                            vector[done], undetermined[done], left_passes, out)
             if cert is not None:
                 certificates.append(cert)
             go_on = ~done
-            state, members, theta, coef = state.subset(go_on), members[go_on.cpu()], theta[go_on], coef[go_on]
+            state, members = state.subset(go_on, room=True), members[go_on.cpu()]
+            theta, coef = theta[go_on], coef[go_on]
             ritz_images = ritz_images[go_on]
             if members.numel() == 0:
                 break

@@ -30,9 +30,10 @@ CERTIFICATE_WIDTHS = (8, 16)
 class Certificate(NamedTuple):
     """Stopped members whose certificate needs the fp64 pass on ``vecs``."""
 
-    members: torch.Tensor     # int64 [b] (CPU)
-    vecs: torch.Tensor        # fp64 [b, n, w] orthonormal basis of G (top w Ritz vectors)
-    rest: torch.Tensor        # fp32 [b, n, max(p - w, 0)] the next Ritz vectors (kept in basis)
+    members: torch.Tensor       # int64 [b] (CPU)
+    vecs: torch.Tensor          # fp64 [b, n, w] orthonormal basis of G (top w Ritz vectors)
+    rest: torch.Tensor          # fp32 [b, n, max(p - w, 0)] the next Ritz vectors (kept in basis)
+    undetermined: torch.Tensor  # bool [b] stopped with the top not separated
 
 
 def _bound_from(theta, rtr, vtr, margin, frob2, s_hat, k):
@@ -96,14 +97,14 @@ def predicted_to_certify(state: Krylov, theta: torch.Tensor, coef: torch.Tensor,
 
 
 def conclude(state: Krylov, members: torch.Tensor, theta: torch.Tensor, coef: torch.Tensor,
-             estimate: torch.Tensor, vector: torch.Tensor, refine: torch.Tensor, certify_possible: torch.Tensor,
-             out: Outputs) -> Certificate | None:
+             estimate: torch.Tensor, vector: torch.Tensor, undetermined: torch.Tensor,
+             certify_possible: torch.Tensor, out: Outputs) -> Certificate | None:
     """Finish the stopped members of ``state`` from the fp32 data (``estimate``, ``vector``: fp64
-    [b], the value and vector estimates of ops/svd_estimate.py), or queue their fp64 pass
-    (where ``certify_possible``: a pass is left to them): where it is predicted to certify
-    and the fp32 bound does not, or where the vectors are short of vector_tol though
-    resolvable (``refine``, bool [b]: the pass is a block power step on the top Ritz
-    vectors)."""
+    [b], the value and vector estimates of ops/svd_estimate.py; ``undetermined``: bool [b],
+    stopped with the top not separated), or queue their fp64 pass (where
+    ``certify_possible``: a pass is left to them): where it is predicted to certify and the
+    fp32 bound does not, or where the vectors are short of vector_tol though their top is
+    separated (the pass is a block power step on the top Ritz vectors)."""
     settings = out.settings
     k, p, tol = settings.k, settings.p, settings.tol
     # a certificate out of reach needs only the honest (loose) bound: from the first p Ritz vectors
@@ -116,19 +117,20 @@ def conclude(state: Krylov, members: torch.Tensor, theta: torch.Tensor, coef: to
     pick = torch.where(estimate > tol, min(max(CERTIFICATE_WIDTHS), w), 0)
     for width in sorted(predicted, reverse=True):
         pick = torch.where(predicted[width] <= tol, width, pick)
+    refine = (vector > settings.vector_tol) & ~undetermined
     certify = ((bound > tol) | refine) & (pick > 0) & certify_possible.to(bound.device)
     now = ~certify
     if bool(now.any()):
         left = combine(state.yt[now].double(), coef[now][:, :, :k])
         out.store(members[now.cpu()], state.scale[now], theta[now][:, :k], left, vecs[now][:, :, :k],
-                  bound[now], estimate[now], vector[now], vecs[now][:, :, :p])
+                  bound[now], estimate[now], vector[now], undetermined[now], vecs[now][:, :, :p])
     if not bool(certify.any()):
         return None
     width = int(pick[certify].max())  # one width per call: the widest any member needs
     sel = certify
     # one block power step for free: G V (the fp32 images at hand) spans better top vectors
     iterated = orthonormal(combine(state.zt[sel], coef[sel][:, :, :width]))
-    return Certificate(members[sel.cpu()], iterated, vecs[sel][:, :, width:p].float())
+    return Certificate(members[sel.cpu()], iterated, vecs[sel][:, :, width:p].float(), undetermined[sel])
 
 
 def certify(after: torch.Tensor, before: torch.Tensor | None, cert: Certificate, out: Outputs) -> None:
@@ -165,4 +167,4 @@ def certify(after: torch.Tensor, before: torch.Tensor | None, cert: Certificate,
     left = y.double() @ coef[:, :, :k]
     basis = torch.cat([vecs, cert.rest[fin].double()], 2)[:, :, :out.basis.shape[2]]
     out.store(cert.members[finite], frob2, theta[:, :k], left, vecs[:, :, :k], bound, estimates.value,
-              estimates.vector, basis)
+              estimates.vector, cert.undetermined[fin], basis)

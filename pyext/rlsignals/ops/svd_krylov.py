@@ -95,15 +95,23 @@ class Krylov:
     def yt(self) -> torch.Tensor:
         return self._y[:, :self.width]
 
-    def subset(self, keep: torch.Tensor) -> Krylov:
+    def subset(self, keep: torch.Tensor, *, room: bool = False) -> Krylov:
         """The state of the members where ``keep`` (bool [b], on the state's device) is True
-        (this state itself when all are kept)."""
+        (this state itself when all are kept). Only the columns in use are copied; ``room``
+        keeps the buffers' spare capacity (for a state that goes on iterating)."""
         if bool(keep.all()):
             return self
         new = Krylov.__new__(Krylov)
         new.width = self.width
-        for name in ("scale", "_q", "_z", "_y", "h", "err"):
+        for name in ("scale", "h", "err"):
             setattr(new, name, getattr(self, name)[keep])
+        rows = keep.nonzero()[:, 0].tolist()
+        for name in ("_q", "_z", "_y"):
+            old = getattr(self, name)
+            buf = old.new_empty(len(rows), old.shape[1] if room else self.width, old.shape[2])
+            for j, i in enumerate(rows):
+                buf[j, :self.width] = old[i, :self.width]
+            setattr(new, name, buf)
         return new
 
     def append(self, block: torch.Tensor, y: torch.Tensor, z: torch.Tensor, rounding: float) -> None:

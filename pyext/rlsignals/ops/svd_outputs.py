@@ -37,11 +37,11 @@ class DeltaSVD(NamedTuple):
         estimated sine of the angle of each v_i to the true one (Davis-Kahan with the Ritz gap
         delta_i; u_i = dW v_i / S_i is as close or closer). Not a bound (same caveats as
         err_estimate); 0 for a zero delta.
-    vectors_undetermined: bool [B], vector_estimate > vector_tol: the member stopped with its
-        vectors not to vector_tol. Almost always because the top is not separated (sigma_1 /
-        sigma_2 near 1: the Ritz gap is too small for fp32 passes to resolve u_i, v_i, and the
-        member stopped on its values), else because max_iters ran out. Never with
-        vector_tol=math.inf.
+    vectors_undetermined: bool [B], the top is not separated: sigma_1 / sigma_2 is so near 1
+        that the Ritz gap is too small for fp32 passes to resolve u_i, v_i to vector_tol, and
+        the member stopped on its values (S still to tol); vector_estimate is then well above
+        vector_tol. Never with vector_tol=math.inf. (A member cut short by max_iters can miss
+        vector_tol with a separated top: its vector_estimate says so.)
     """
 
     S: torch.Tensor
@@ -97,10 +97,11 @@ class Outputs:
 
     def store(self, members: torch.Tensor, scale: torch.Tensor, theta: torch.Tensor, left: torch.Tensor,
               vecs: torch.Tensor, bound: torch.Tensor, estimate: torch.Tensor, vector: torch.Tensor,
-              basis: torch.Tensor) -> None:
+              undetermined: torch.Tensor, basis: torch.Tensor) -> None:
         """Results of finished members. scale: fp64 [b] the pass's ||dW||_F^2; theta: fp64
         [b, k] Ritz values / scale; left: fp64 [b, m_r, k] dW V (this rank's rows); vecs:
-        [b, n, k] V; bound, estimate, vector (the vectors' estimate): fp64 [b]; basis: [b, n, p].
+        [b, n, k] V; bound, estimate, vector (the vectors' estimate): fp64 [b]; undetermined:
+        bool [b], stopped with the top not separated; basis: [b, n, p].
         S and frob are scaled back by ``unit``; the estimate is raised to the rounding of S to
         fp32 where that is larger (S subnormal: the bound accounts for it by taking the rounded
         S, ops/svd_certify.py)."""
@@ -120,7 +121,7 @@ class Outputs:
         self.err_bound[at], self.err_estimate[at] = err, _round_up(torch.maximum(estimate, rounding))
         self.certified[at] = err <= self.settings.tol
         self.vector_estimate[at] = _round_up(vector)
-        self.undetermined[at] = vector > self.settings.vector_tol
+        self.undetermined[at] = undetermined.to(self.undetermined.device)
         self.basis[at] = basis.float()
 
     def store_zero(self, members: torch.Tensor, block: torch.Tensor) -> None:
@@ -129,7 +130,7 @@ class Outputs:
         zeros = torch.zeros(b, dtype=torch.float64, device=block.device)
         left = torch.zeros(b, self.U.shape[1], k, dtype=torch.float64, device=block.device)
         self.store(members, zeros, torch.zeros(b, k, dtype=torch.float64, device=block.device), left,
-                   block[:, :, :k], zeros, zeros, zeros, block)
+                   block[:, :, :k], zeros, zeros, zeros, torch.zeros_like(zeros, dtype=torch.bool), block)
 
     def take(self, members: torch.Tensor, other: Outputs) -> None:
         """The results of ``other`` (a solve of these members alone, e.g. rescaled) as theirs;
