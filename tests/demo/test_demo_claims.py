@@ -65,3 +65,25 @@ def test_claims_from_synthetic_measurements():
 def test_headroom_rows_report_pass_at_1_and_pass_at_n():
     names = [name for name, _, _ in headroom_rows(_raw())]
     assert names == ["greedy accuracy", "pass@1", "pass@4"]
+
+
+def test_a_figure_undefined_on_the_run_is_cannot_tell_not_a_crash():
+    raw = _raw() | {"fit_steps": [10, 20], "pls_r2_loo": {"ours": [], "released": [float("nan")] * 30}}
+    rows = [c for c in build_claims(raw) if c.name.startswith("rank-1 trajectory linearity")]
+    assert len(rows) == 2 and all(c.verdict == CANNOT_TELL and "undefined" in c.note for c in rows)
+
+
+def test_the_jump_claim_compares_steps_to_the_uniform_runs_final_accuracy():
+    raw = _raw()
+    jump = [raw["uniform_correct"][0], raw["gain_rl_correct"][1], raw["gain_rl_correct"][2],
+            raw["uniform_correct"][3]]
+    claims = {c.name.split(":")[0]: c for c in build_claims(raw | {"jump_correct": jump, "jump": {"step": 10}})}
+    claim = claims["AlphaRL"]
+    assert claim.ours.value == pytest.approx(30 / claim_crossing(raw, jump), rel=1e-6)
+    assert "at step 10" in claim.note
+
+
+def claim_crossing(raw, correct):
+    from rlsignals.stats import crossing
+
+    return crossing(raw["eval_steps"], [float(np.mean(c)) for c in correct], float(np.mean(raw["uniform_correct"][-1])))

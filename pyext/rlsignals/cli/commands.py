@@ -61,13 +61,19 @@ class DemoSettings:
     overwrite: bool = option(False, "replace the output of an earlier finished demo")
     seeds: int = option(1, "run the demo for seeds 0..N-1 (one folder each) and pool every claim with an interval "
                            "over seeds", parse=whole_number(1))
+    testbed: str = option("embedded", "embedded: the shipped 1.1M-parameter model on synthetic arithmetic; smollm2: "
+                                      "SmolLM2-135M-Instruct on SVAMP's arithmetic (after `rlsignals setup-real`; "
+                                      "about an hour)", choices=("embedded", "smollm2"))
 
 
 def demo(settings: DemoSettings) -> int:
     from rlsignals.demo.run import DemoConfig, run_demo
     from rlsignals.io.outputs import incremental_output
 
-    config = DemoConfig.quick() if settings.quick else DemoConfig()
+    if settings.testbed == "smollm2":
+        config = DemoConfig.real(quick=settings.quick)
+    else:
+        config = DemoConfig.quick() if settings.quick else DemoConfig()
     with incremental_output(settings.out, "demo", settings.overwrite, resume_incomplete=True):
         if settings.seeds > 1:
             from rlsignals.demo.study import run_study

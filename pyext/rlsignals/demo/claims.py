@@ -97,10 +97,14 @@ def build_claims(raw: dict[str, Any]) -> list[Claim]:
         note="W0 + ||dW|| u1 v1^T on every decoder matrix", spec=".0%"))
     for mode, r2 in raw["pls_r2_loo"].items():
         values = _a(r2)
-        rows.append(Claim(
-            f"rank-1 trajectory linearity: median leave-one-out R^2 ({mode} PLS)", "linear (R^2 near 1)",
-            stats.bootstrap(lambda a: float(np.median(a)), values[np.isfinite(values)]), 0.9, "above",
-            note=f"{len(raw['fit_steps'])} checkpoints (steps {raw['fit_steps']}), over modules"))
+        values = values[np.isfinite(values)]
+        note = f"{len(raw['fit_steps'])} checkpoints (steps {raw['fit_steps']}), over modules"
+        if values.size < 2:  # fewer than 3 fitted checkpoints, or an accuracy that never moved: undefined
+            estimate, note = Estimate(math.nan, math.nan, math.nan), note + "; undefined: no finite R^2"
+        else:
+            estimate = stats.bootstrap(lambda a: float(np.median(a)), values)
+        rows.append(Claim(f"rank-1 trajectory linearity: median leave-one-out R^2 ({mode} PLS)",
+                          "linear (R^2 near 1)", estimate, 0.9, "above", note=note))
     fitted = max(raw["fit_steps"]) / steps[-1] if raw["fit_steps"] else float("nan")
     for name, correct in raw["extrapolated_correct"].items():
         paper = ">96% at 2.5x fewer steps" if name.startswith("alpharl") else "(peer method)"

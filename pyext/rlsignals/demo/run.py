@@ -78,12 +78,39 @@ class DemoConfig:
     max_step_fraction: float = 0.13  # adj_max
     seed: int = 0
     micro_batch_size: int | None = None  # samples per forward/backward of the RL updates (None: the whole batch)
+    testbed: str = "embedded"     # embedded | smollm2 (demo/real.py, after `rlsignals setup-real`)
 
     @classmethod
     def quick(cls) -> DemoConfig:
         """A reduced size, for the test suite: every number of the table, in a minute or two."""
         return cls(train_prompts=32, eval_prompts=16, probe_prompts=16, steps=6, prompts_per_step=4,
                    generations=4, eval_every=2, fit_until=1.0, pass_samples=4, sft_steps=2, sft_batch=4)
+
+    @classmethod
+    def real(cls, quick: bool = False) -> DemoConfig:
+        """SmolLM2-135M on SVAMP's arithmetic (demo/real.py): every training and held-out problem,
+        sized to run within about an hour of a 2-core CPU; ``quick``: a few minutes, for a test."""
+        if quick:
+            return cls(testbed="smollm2", train_prompts=32, eval_prompts=16, probe_prompts=16, steps=6,
+                       prompts_per_step=4, generations=4, lr=REAL_LR, eval_every=2, fit_until=1.0, pass_samples=4,
+                       sft_steps=2, sft_batch=4)
+        return cls(testbed="smollm2", train_prompts=506, eval_prompts=256, probe_prompts=128, steps=30,
+                   prompts_per_step=8, generations=8, lr=REAL_LR, eval_every=5, pass_samples=8, sft_steps=20,
+                   sft_batch=8)
+
+
+REAL_LR = 2e-5  # Adam on SmolLM2-135M
+
+
+def build_testbed(cfg: DemoConfig, real_dir: str | None = None) -> Testbed:
+    """The testbed ``cfg.testbed`` names, sized by ``cfg``."""
+    if cfg.testbed == "embedded":
+        return embedded(cfg.train_prompts, cfg.eval_prompts, cfg.levels, cfg.seed)
+    if cfg.testbed == "smollm2":
+        from rlsignals.demo.real import smollm2
+
+        return smollm2(real_dir, cfg.train_prompts, cfg.eval_prompts)
+    raise ValueError(f"testbed must be 'embedded' or 'smollm2', got {cfg.testbed!r}")
 
 
 def _correct(bed: Testbed, model, rows) -> list[float]:
@@ -243,7 +270,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig | None = None, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    bed = testbed or embedded(cfg.train_prompts, cfg.eval_prompts, cfg.levels, cfg.seed)
+    bed = testbed or build_testbed(cfg)
     model0, tokenizer = bed.model, bed.tokenizer
     probe = bed.train[:cfg.probe_prompts]
     base = out / "base"
@@ -352,8 +379,10 @@ def format_table(r: dict) -> str:
     from rlsignals.stats import Estimate
 
     cfg, raw = r["config"], r["raw"]
+    task = f"levels {', '.join(map(str, cfg['levels']))}" if cfg.get("testbed", "embedded") == "embedded" \
+        else cfg["testbed"]
     lines = [f"\nrlsignals demo: {cfg['steps']} RL steps x {cfg['prompts_per_step']} prompts x {cfg['generations']} "
-             f"samples, {cfg['eval_prompts']} held-out problems of levels {', '.join(map(str, cfg['levels']))} "
+             f"samples, {cfg['eval_prompts']} held-out problems ({task}) "
              f"({r['seconds']:.0f} s in all; scoring "
              f"{cfg['train_prompts']} prompts took {r['score_seconds']:.1f} s)"]
     lines += ["  time: " + ", ".join(f"{name} {s:.0f} s" for name, s in r["phase_seconds"].items()), "",
