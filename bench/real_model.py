@@ -471,11 +471,15 @@ def plot_blocks(heat: list[dict], layers: list[int], path: Path, block_size: int
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(heat), len(layers), figsize=(3.1 * len(layers), 3.0 * len(heat)), squeeze=False)
-    for r, item in enumerate(heat):
-        for c, layer in enumerate(layers):
+    fig, axes = plt.subplots(len(heat), len(layers), figsize=(3.1 * len(layers), 3.0 * len(heat) + 0.8),
+                             squeeze=False)
+    for c, layer in enumerate(layers):
+        # one color scale per layer (column): the levels differ across layers, the structure is within one
+        values = np.concatenate([np.asarray(item["layers"][layer], dtype=float).ravel() for item in heat])
+        low, high = np.nanpercentile(values, [1, 99])
+        for r, item in enumerate(heat):
             ax = axes[r][c]
-            image = ax.imshow(np.asarray(item["layers"][layer], dtype=float), cmap="viridis", vmin=-0.2, vmax=1.0)
+            image = ax.imshow(np.asarray(item["layers"][layer], dtype=float), cmap="viridis", vmin=low, vmax=high)
             for cut in item["cuts"][1:-1]:
                 ax.axhline(cut / block_size - 0.5, color="w", lw=0.6)
                 ax.axvline(cut / block_size - 0.5, color="w", lw=0.6)
@@ -485,9 +489,10 @@ def plot_blocks(heat: list[dict], layers: list[int], path: Path, block_size: int
                 ax.set_title(f"layer {layer}")
             if c == 0:
                 ax.set_ylabel(f"prompt {r + 1} ({item['tokens']} tokens)")
-    fig.colorbar(image, ax=axes, shrink=0.6, label=f"block-mean cosine ({block_size}-token blocks)")
-    fig.suptitle("SmolLM2-135M-Instruct, GSM8K with a 4-shot chat prefix: block_cosine at the input of mlp.up_proj "
-                 "(white lines: system | shot 1 .. 4 | question)", fontsize=9)
+        fig.colorbar(image, ax=axes[:, c].tolist(), orientation="horizontal", shrink=0.85, pad=0.03)
+    fig.suptitle(f"SmolLM2-135M-Instruct, GSM8K with a 4-shot chat prefix: block-mean cosine ({block_size}-token "
+                 "blocks, block_cosine) at the input of mlp.up_proj; white lines: system | shot 1 .. 4 | question; "
+                 "one color scale per layer", fontsize=9)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
