@@ -28,9 +28,9 @@ whose samples all get the same reward is exactly zero, and at the start that is
 most prompts (all wrong on hard data, all right on easy data); its norm then
 measures the spread of the rewards, which the learnability figure already covers,
 not the geometry of the derivation. The reference NLL's gradient is defined for
-every prompt and deterministic, and -grad log p(y*) is, up to the weight p(y*), the
-term a right completion y* adds to the expected policy gradient
-grad E[r] = sum_y r(y) p(y) grad log p(y).
+every prompt and deterministic, and for a right completion y* it is, up to sign and
+a positive factor (p(y*) and the length of y*), the term y* adds to the expected
+policy gradient grad E[r] = sum_y r(y) p(y) grad log p(y).
 
 Each rho has a 95% percentile bootstrap interval over the prompts
 (``rlsignals.stats.spearman_ci``). A relation is *positive* when its whole
