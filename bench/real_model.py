@@ -23,7 +23,7 @@ Parts of the default run (``--parts`` picks some):
              Spearman for intra, inter, the score and the released weighting (intra +
              8 inter), each with a 95% bootstrap interval over prompts.
 
-``--pilot`` runs the GAIN-RL pilot (``rlsignals.signals.pilot``) with its default sample
+``--pilot`` runs the GAIN-RL pilot (``rlsignals.trainer.pilot``) with its default sample
 on the embedded demo model (its task, levels 1-3) and on SmolLM2 (the arithmetic of
 SVAMP) and keeps each printout in bench/results/real_model-pilot-<model>.txt.
 
@@ -59,12 +59,12 @@ from rlsignals.io.packaged import RealAssets, find_ready
 from rlsignals.lm.capture import collect_inputs, decoder_layers, resolve_module
 from rlsignals.ops.angle import block_cosine
 from rlsignals.signals.config import ScoreConfig
-from rlsignals.signals.pilot import gradient_norms, pass_counts, prompt_scores, reference_ids
 from rlsignals.signals.prompts import PromptTemplate, TemplateBounds
 from rlsignals.signals.released import released_angle
 from rlsignals.signals.scoring import score_dataset
 from rlsignals.stats import Estimate, bootstrap, mean_ci, spearman_ci
 from rlsignals.trainer.evaluate import greedy_correct
+from rlsignals.trainer.pilot import gradient_norms, pass_counts, prompt_scores, reference_ids
 from rlsignals.trainer.rewards import resolve_reward
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,8 +272,8 @@ def run_pilots(args) -> None:
 
     from rlsignals.demo import task
     from rlsignals.demo.assets import default_model_dir
-    from rlsignals.signals.pilot import PilotConfig
-    from rlsignals.signals.pilot import run as run_pilot
+    from rlsignals.trainer.pilot import PilotConfig
+    from rlsignals.trainer.pilot import run as run_pilot
 
     cache = assets()
     sample_size = 8 if args.quick else 64

@@ -30,7 +30,7 @@ COMMANDS = {c.name: c for c in (
     Command("score", "score every prompt of a dataset with the angle signal (prefill only)",
             "rlsignals.cli.score:ScoreSettings", "rlsignals.cli.score:score"),
     Command("pilot", "before GAIN-RL: does the angle score order learning on this model and data? (Spearman with "
-            "intervals)", "rlsignals.signals.pilot:PilotConfig", "rlsignals.signals.pilot:run"),
+            "intervals)", "rlsignals.trainer.pilot:PilotConfig", "rlsignals.trainer.pilot:run"),
     Command("train", "an RL run (GRPO-style) from a config file; torchrun for data parallel",
             "rlsignals.trainer.config:TrainConfig", "rlsignals.trainer.command:run",
             description=("An RL run from a config file (TOML or JSON), flags over its keys:\n\n"

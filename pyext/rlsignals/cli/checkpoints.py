@@ -55,10 +55,7 @@ def rank1(s: Rank1Settings) -> int:
         traj = track_rank1(s.base, s.ckpt, s.out, steps=s.steps, include=s.include, exclude=s.exclude,
                            device=s.device, tol=s.tol, max_iters=s.max_iters, backend=s.backend)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"trajectory of {len(traj.modules)} modules over {len(traj.records)} checkpoints -> {s.out}")
-        certified, modules = traj.certified_count()
-        print(f"{certified} of {modules} modules certified (err_bound <= tol); "
-              "the others carry an a-posteriori estimate")
+        print("\n".join(traj.summary_lines()))
     return 0
 
 
@@ -119,6 +116,9 @@ class ExtrapolateSettings(TrajectoryInputs):
     factor: float | None = option(None, "two_point: W0 + factor * (WT - W0)", parse=finite_number)
     update: str = option("released", "alpharl: add x* v^T (released) or replace the rank-1 part",
                          choices=("released", "replace"))
+    undetermined: str = option("keep", "alpharl / linear_step: modules whose u_1 is undetermined at a fitted "
+                                       "checkpoint (top not separated) stay at the latest fitted weights (keep), or "
+                                       "are extrapolated all the same (use)", choices=("keep", "use"))
     overwrite: bool = option(False, "replace an earlier output of extrapolate")
 
     def validate(self) -> None:
@@ -134,6 +134,7 @@ def extrapolate(s: ExtrapolateSettings) -> int:
     from rlsignals.io.outputs import folder_output
     from rlsignals.rank1.extrapolate import extrapolate as write_extrapolation
     from rlsignals.rank1.extrapolate import read_accuracy
+    from rlsignals.rank1.extrapolate import summary_lines as extrapolation_summary
 
     folder_output(s.out, "extrapolate", s.overwrite)
     traj = _trajectory_and_base(s.traj, s.base)
@@ -141,8 +142,8 @@ def extrapolate(s: ExtrapolateSettings) -> int:
     out = write_extrapolation(s.base, traj, s.out, method=s.method, accuracy=accuracy,
                               accuracy_path=s.accuracy or "<none>", fit_steps=s.fit_steps,
                               target_accuracy=s.target_accuracy, target_step=s.target_step, factor=s.factor,
-                              update=s.update)
-    print(f"{s.method} extrapolation -> {out} (what was done: {out / 'extrapolation.json'})")
+                              update=s.update, undetermined=s.undetermined)
+    print("\n".join(extrapolation_summary(out)))
     return 0
 
 
