@@ -15,7 +15,7 @@ Parts of the default run (``--parts`` picks some):
              minus the mean between segments, over prompts, with the change from the
              first to the last layer.
   mechanism  per prompt, the score against the gradient norm of the loss at the start
-             (``signals.pilot``: the token-mean NLL of the reference completion, gradient
+             (``trainer.pilot``: the token-mean NLL of the reference completion, gradient
              over the decoder layers), on GSM8K and on the arithmetic of SVAMP (the easier
              set, where the model solves some), and against the sampled pass rate (8
              samples, T = 1) on the SVAMP arithmetic (on GSM8K the model solves almost

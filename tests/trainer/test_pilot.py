@@ -1,4 +1,4 @@
-"""The GAIN-RL pilot (signals/pilot.py) on tiny models: per-layer gradient norms against a
+"""The GAIN-RL pilot (trainer/pilot.py) on tiny models: per-layer gradient norms against a
 plain backward, keyed pass counts, the verdict rule and its advice, and the command end
 to end (figures consistent with the per-prompt values it reports)."""
 
@@ -15,7 +15,7 @@ from helpers.tiny_models import CHATML, make_model, make_tokenizer
 
 from rlsignals.io.errors import UserError
 from rlsignals.settings import ConfigError
-from rlsignals.signals import pilot
+from rlsignals.trainer import pilot
 from rlsignals.signals.prompts import PromptTemplate
 from rlsignals.stats import Estimate, spearman
 
