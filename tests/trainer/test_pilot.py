@@ -15,9 +15,9 @@ from helpers.tiny_models import CHATML, make_model, make_tokenizer
 
 from rlsignals.io.errors import UserError
 from rlsignals.settings import ConfigError
-from rlsignals.trainer import pilot
 from rlsignals.signals.prompts import PromptTemplate
 from rlsignals.stats import Estimate, spearman
+from rlsignals.trainer import pilot
 
 ROWS = [("what is two plus three", "five"), ("compute the sum of seven and five", "twelve"),
         ("multiply six by three", "eight"), ("twelve minus five equals seven", "seven"),
