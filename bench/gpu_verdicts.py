@@ -294,10 +294,38 @@ def assess_score(run: Run) -> Outcome:
 
 
 def assess_rank1(run: Run) -> Outcome:
-    failure, records = _bench_records(run, "checkpoint_rank1")
+    failure, records = _bench_records(run, "checkpoint_rank1-solve")
     if failure is not None:
         return failure
     ours = records[0]
     shape = f"{ours.get('model_shape', '')} layer ({ours.get('case', '')} update)"
     return Outcome("passed", f"{ours['seconds_per_layer_per_checkpoint']:.2f} s per {shape} per checkpoint, "
                              f"{ours['speedup']:.0f}x the full SVD")
+
+
+def train_memory_targets(payload: dict) -> list[Target]:
+    """bench/train_memory.py's verdicts as higher-is-better ratios against 1: 1.1 x the small
+    batch's peak / the large batch's, the bound / the peak at micro-batch 4, TRL's peak / ours,
+    our tokens/s / TRL's (each the worst over the configurations it covers)."""
+    found = payload.get("targets", [])
+
+    def worst(name: str, prefix: str, value) -> Target:
+        values = [value(v) for v in found if v["target"].startswith(prefix)]
+        return Target(f"train_memory: {name} (min)", min(values) if values else None, 1.0)
+
+    return [worst("1.1 x small-batch peak / large-batch peak", "peak independent", lambda v: 1.10 / v["ratio"]),
+            worst("bound / peak at micro-batch 4", "peak at micro-batch 4",
+                  lambda v: v["bound_bytes"] / v["peak_bytes"]),
+            worst("TRL's peak / ours", "vs TRL", lambda v: 1 / v["peak_ratio"]),
+            worst("our tokens/s / TRL's", "vs TRL", lambda v: v["speed_ratio"])]
+
+
+def assess_train_memory(run: Run) -> Outcome:
+    failure = _exit_failure(run)
+    if failure is not None:
+        return failure
+    found = [p for p in run.new_files if p.name.startswith("train_memory-") and p.suffix == ".json"]
+    if not found:
+        return Outcome("failed", "wrote no bench/results/train_memory-*.json")
+    targets = train_memory_targets(json.loads(found[0].read_text()))
+    return Outcome("passed", f"ratios (target >= 1): {_target_text(targets)}", targets)

@@ -10,9 +10,11 @@ so DDP and FSDP2 see their forward), asked for the logits of one position only
 (``logits_to_keep=1``); a forward hook takes its final hidden states. The LM head then
 runs only at the K positions with m_nt = 1, CHUNK of them at a time, each chunk's logits
 in fp32 under activation checkpointing (``token_logprobs``): the forward keeps the [K]
-results only and the backward recomputes one chunk's logits at a time. The peak of the
-head is O(CHUNK x V) instead of O(N x (P + T) x V) for the batch's logits and their fp32
-copy. Results equal ``log_softmax(logits / T).gather(y)`` of the full forward to fp32
+results only and the backward recomputes one chunk's logits at a time. The last chunk is
+not recomputed: its logits are kept, and the backward, which runs the chunks in reverse,
+frees them before it recomputes any other (so a batch of one chunk runs the head once
+forward, as a plain forward does). The peak of the head is O(CHUNK x V) instead of
+O(N x (P + T) x V) for the batch's logits and their fp32 copy. Results equal ``log_softmax(logits / T).gather(y)`` of the full forward to fp32
 rounding, gradients too.
 
 When the prompts share a prefix of at least ``min_shared`` tokens (a few-shot prefix, or
@@ -45,15 +47,17 @@ def _chunk_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor
 def token_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, temperature: float = 1.0,
                    chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """log softmax(head(hidden) / temperature) at ``targets``: hidden [K, d], targets [K] int
-    -> fp32 [K], ``chunk`` rows at a time, each recomputed in backward (module docstring)."""
+    -> fp32 [K], ``chunk`` rows at a time, each but the last recomputed in backward (module
+    docstring)."""
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be [K, d] and targets [K]; got {tuple(hidden.shape)} and "
                          f"{tuple(targets.shape)}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     parts = []
-    for rows, picked in zip(hidden.split(chunk), targets.split(chunk)):
-        if torch.is_grad_enabled() and rows.requires_grad:
+    chunks = list(zip(hidden.split(chunk), targets.split(chunk)))
+    for at, (rows, picked) in enumerate(chunks):
+        if torch.is_grad_enabled() and rows.requires_grad and at < len(chunks) - 1:
             parts.append(checkpoint(_chunk_logprobs, rows, head, picked, temperature, use_reentrant=False))
         else:
             parts.append(_chunk_logprobs(rows, head, picked, temperature))
