@@ -1,14 +1,27 @@
-"""Benchmark the rank-1 checkpoint pipeline (`rlsignals rank1`) on Qwen2.5-0.5B layer shapes.
+"""Benchmark `rlsignals rank1`.
 
-Writes a synthetic Qwen2.5-0.5B-shaped checkpoint folder (a few decoder layers, bf16:
-q/o 896 x 896, k/v 128 x 896, gate/up 4864 x 896, down 896 x 4864) as the base and C
-checkpoints, for two kinds of update per module:
+--whole-model (the command as a user runs it; bench/rank1_whole.py): the whole command on a
+whole model's checkpoints (a Qwen2.5-0.5B-shaped model, all 24 layers, and a stack of 4
+Qwen2.5-7B-shaped layers; base + 2 checkpoints of RL-like updates of several kinds, flat tops
+included: bench/rank1_models.py), in a fresh process, against the best script a user could
+write (bench/rank1_contender.py: torch + scipy, per module the fastest of torch.svd_lowrank /
+scipy svds tuned with the fp64 answer), timed alternately in the same run, start-up and
+reading included on both sides; the time split into start-up, reading, solving and writing;
+sigma_1 of every module against fp64, the bound and the vectors flag checked. Writes
+bench/results/checkpoint_rank1-cpu.json. The synthetic checkpoints, their fp64 answers and
+the contender's tuning are kept in --workdir (default /tmp/rlsignals-bench-rank1: about 8 GB)
+and reused.
+
+Default mode (the per-module solve alone, in memory; bench/gpu_check.py runs it with --device
+cuda): a few Qwen2.5-0.5B-shaped decoder layers (bf16: q/o 896 x 896, k/v 128 x 896,
+gate/up 4864 x 896, down 896 x 4864) as the base and C checkpoints, for two kinds of update
+per module:
   realistic  a rank-1 spike over a Gaussian (Marchenko-Pastur) bulk: checkpoint c holds
              c x spike + a random walk of c noise steps, the spike set (BBP) so that
              sigma_1/sigma_2 is about 1.5 at c = 1; entries of about 4 bf16 ULPs of the
              weights; the top direction holds a few % of ||dW||_F^2 at most
-  friendly   the old bench's update: 1e-4 c a b^T (a, b Gaussian) + 2e-5 noise, where the top
-             direction holds nearly all the energy (the README's earlier "197x" was this case)
+  friendly   1e-4 c a b^T (a, b Gaussian) + 2e-5 noise, where the top direction holds nearly
+             all the energy
 Per checkpoint and module, each method computes sigma_1, u_1, v_1 of the update from the same
 in-memory tensors (reading the files is not timed):
   rlsignals rank1     the per-module solve of `rlsignals rank1` (rank1.track.top_triplets:
@@ -23,14 +36,16 @@ and, for the realistic case, `track_rank1` end to end (read, solve, write the st
 per layer per checkpoint, peak memory and the store's size.
 err = max over modules and checkpoints of |sigma_1 - reference| / reference, the reference
 ARPACK at full precision (tol=0) on the fp64 delta (on the CPU, whatever --device).
+Writes bench/results/checkpoint_rank1-solve-<device>.json (with "readme_rows"); its first
+record is the realistic case's rlsignals solve (seconds_per_layer_per_checkpoint, speedup
+over the full SVD), which bench/gpu_verdicts.py reads.
 
 Usage:
-  python bench/checkpoint_rank1.py --quick          # 1 layer, 2 checkpoints, CPU (< 2 min quiet)
-  python bench/checkpoint_rank1.py                  # 4 layers, 3 checkpoints
+  python bench/checkpoint_rank1.py --whole-model                  # both models, 3 rounds (~1 h the first time)
+  python bench/checkpoint_rank1.py --whole-model --models qwen2.5-0.5b --reps 5
+  python bench/checkpoint_rank1.py --quick                        # solve mode: 1 layer, 2 checkpoints
   python bench/checkpoint_rank1.py --device cuda --layers 1 --checkpoints 2
-Writes bench/results/checkpoint_rank1-<device>.json (with "readme_rows") and prints a table.
-The first record is the realistic case's rlsignals solve (seconds_per_layer_per_checkpoint,
-speedup over the full SVD), which bench/gpu_verdicts.py reads.
+Prints a table either way.
 """
 
 from __future__ import annotations
@@ -60,6 +75,7 @@ TARGET = 1e-4
 RATIO = 1.5
 LOWRANK_NITERS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32]
 SVDS_TOLS = [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 0.0]
+WHOLE_WORKDIR = "/tmp/rlsignals-bench-rank1"
 
 
 def updates(case: str, shape: tuple[int, int], count: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -252,16 +268,45 @@ def readme_rows(records: list[dict]) -> list[dict]:
     return rows
 
 
+def whole_model(args) -> int:
+    import rank1_whole
+
+    layers = {"qwen2.5-0.5b": 24, "qwen2.5-7b": args.stack_layers}
+    records = rank1_whole.run(args.models, layers, args.checkpoints or 2, args.reps, Path(args.workdir or
+                                                                                            WHOLE_WORKDIR))
+    print_table(records, [("model_shape", "model", "s"), ("layers", "layers", "d"), ("method", "method", "s"),
+                          ("seconds", "seconds", ".2f"), ("startup_s", "start-up", ".2f"), ("read_s", "read", ".2f"),
+                          ("solve_s", "solve", ".2f"), ("write_s", "write", ".2f"), ("x_vs_best", "x best", ".2f"),
+                          ("max_sigma_err", "s1 err", ".1e"), ("mean_passes", "passes", ".1f"),
+                          ("modules_undetermined", "undetermined", "d"),
+                          ("flag_disagrees_with_sin_u", "flag wrong", "d"), ("bound_below_true_err", "bound low", "d")])
+    path = write_results("checkpoint_rank1", torch.device("cpu"), records,
+                         {"readme_rows": rank1_whole.readme_rows(records), "note": args.note, "threads": args.threads,
+                          "baseline": "the best script (bench/rank1_contender.py), per module the fastest of "
+                                      "torch.svd_lowrank / scipy svds tuned with the fp64 answer to sigma1 rel. err "
+                                      "<= 1e-4; both commands in fresh processes, alternating, same run"})
+    print(f"wrote {path}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--whole-model", action="store_true", help="the whole command on whole models (see above)")
+    parser.add_argument("--models", nargs="+", default=["qwen2.5-0.5b", "qwen2.5-7b"], help="whole-model mode")
+    parser.add_argument("--stack-layers", type=int, default=4, help="whole-model mode: layers of the 7B-shaped stack")
+    parser.add_argument("--reps", type=int, default=3, help="whole-model mode: timed runs of each command")
+    parser.add_argument("--note", default=None, help="a remark on how it was run, kept in the JSON")
     parser.add_argument("--quick", action="store_true", help="1 layer, 2 checkpoints, no end-to-end run")
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (default 4; quick 1)")
     parser.add_argument("--checkpoints", type=int, default=None, help="checkpoints after the base (default 3; quick 2)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every method")
-    parser.add_argument("--workdir", default=None, help="where to write the synthetic checkpoints (deleted after)")
+    parser.add_argument("--workdir", default=None, help="where to write the synthetic checkpoints (solve mode: "
+                                                        f"deleted after; whole-model mode: kept, {WHOLE_WORKDIR})")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.whole_model:
+        return whole_model(args)
     layers = args.layers or (1 if args.quick else 4)
     count = args.checkpoints or (2 if args.quick else 3)
     device = torch.device(args.device)
@@ -277,7 +322,7 @@ def main() -> int:
                               ("ours_x_faster", "ours x faster", ".1f"), ("err", "s1 err", ".1e"),
                               ("mean_iters", "passes", ".1f"), ("peak_mb", "peak MB", ".0f"),
                               ("size_ratio", "ckpt/store", ".0f")])
-        path = write_results("checkpoint_rank1", device, records,
+        path = write_results("checkpoint_rank1-solve", device, records,
                              {"readme_rows": readme_rows(records), "quick": args.quick,
                               "baseline": "full fp32 torch.linalg.svd per module (released AlphaRL); contenders "
                                           "tuned to sigma1 rel. err <= 1e-4 in the same run"})

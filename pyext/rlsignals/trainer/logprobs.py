@@ -14,8 +14,8 @@ results only and the backward recomputes one chunk's logits at a time. The last 
 not recomputed: its logits are kept, and the backward, which runs the chunks in reverse,
 frees them before it recomputes any other (so a batch of one chunk runs the head once
 forward, as a plain forward does). The peak of the head is O(CHUNK x V) instead of
-O(N x (P + T) x V) for the batch's logits and their fp32 copy. Results equal ``log_softmax(logits / T).gather(y)`` of the full forward to fp32
-rounding, gradients too.
+O(N x (P + T) x V) for the batch's logits and their fp32 copy. Results equal
+``log_softmax(logits / T).gather(y)`` of the full forward to fp32 rounding, gradients too.
 
 When the prompts share a prefix of at least ``min_shared`` tokens (a few-shot prefix, or
 the G samples of one prompt) the prefix runs once (``lm.prefix.SharedPrefix``, under
