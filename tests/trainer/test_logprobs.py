@@ -74,6 +74,25 @@ def test_token_logprobs_against_fp64():
     assert hidden.grad is not None and head.weight.grad is not None
 
 
+def test_linear_head_equals_the_checkpointed_path_of_other_heads():
+    """A linear head takes the fused function, any other module the per-chunk checkpoints: the
+    same values and the same gradients of hidden, weight and bias."""
+    gen = torch.Generator().manual_seed(5)
+    linear = torch.nn.Linear(16, VOCAB, bias=True)
+    hidden = torch.randn(13, 16, generator=gen)
+    targets = torch.randint(0, VOCAB, (13,), generator=gen)
+    weights = torch.rand(13, generator=gen)
+    results = []
+    for head in (linear, torch.nn.Sequential(linear)):
+        linear.zero_grad()
+        h = hidden.clone().requires_grad_(True)
+        got = token_logprobs(h, head, targets, temperature=0.9, chunk=4)
+        (got * weights).sum().backward()
+        results.append((got.detach(), h.grad, linear.weight.grad.clone(), linear.bias.grad.clone()))
+    for fused, checkpointed in zip(*results):
+        torch.testing.assert_close(fused, checkpointed, atol=2e-6 * float(checkpointed.abs().max()), rtol=1e-5)
+
+
 def test_heads_that_post_process_their_logits_are_refused():
     model = big_vocab_model()
     model.config.final_logit_softcapping = 30.0

@@ -9,12 +9,12 @@ the sampling temperature. The decoder runs as usual (through the wrapped trainin
 so DDP and FSDP2 see their forward), asked for the logits of one position only
 (``logits_to_keep=1``); a forward hook takes its final hidden states. The LM head then
 runs only at the K positions with m_nt = 1, CHUNK of them at a time, each chunk's logits
-in fp32 under activation checkpointing (``token_logprobs``): the forward keeps the [K]
-results only and the backward recomputes one chunk's logits at a time. The last chunk is
-not recomputed: its logits are kept, and the backward, which runs the chunks in reverse,
-frees them before it recomputes any other (so a batch of one chunk runs the head once
-forward, as a plain forward does). The peak of the head is O(CHUNK x V) instead of
-O(N x (P + T) x V) for the batch's logits and their fp32 copy. Results equal
+in fp32 (``token_logprobs``): the forward keeps the [K] results and log-partitions only,
+and the backward recomputes one chunk's logits at a time and adds each chunk's share of
+the head's weight gradient into one buffer (a linear head, ``_LinearHeadLogprobs``; any
+other head runs under per-chunk activation checkpointing). The peak of the head is
+O(CHUNK x V) plus one weight gradient, instead of O(N x (P + T) x V) for the batch's
+logits and their fp32 copy. Results equal
 ``log_softmax(logits / T).gather(y)`` of the full forward to fp32 rounding, gradients too.
 
 When the prompts share a prefix of at least ``min_shared`` tokens (a few-shot prefix, or
@@ -44,20 +44,67 @@ def _chunk_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor
     return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, 1)
 
 
+class _LinearHeadLogprobs(torch.autograd.Function):
+    """log softmax((h W^T + b) / T)[y] of K rows, CHUNK rows at a time, for a linear head.
+
+    Forward keeps the [K] results and the [K] log-partitions lse. Backward, with g = dL/dlogp,
+    recomputes each chunk's logits z and forms dL/dz = g (onehot(y) - exp(z - lse)) / T;
+    dL/dh = dL/dz W and dL/db = sum dL/dz per chunk, and dL/dW = sum over chunks of
+    dL/dz^T h into ONE buffer: the head's weight gradient (V x d) is held once, not once
+    per chunk and once for their sum, as autograd does when each chunk is a separate use
+    of W."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk):
+        out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(out)
+        for at in range(0, hidden.shape[0], chunk):
+            rows = slice(at, at + chunk)
+            logits = nn.functional.linear(hidden[rows], weight, bias).float() / temperature
+            lse[rows] = torch.logsumexp(logits, 1)
+            out[rows] = logits.gather(1, targets[rows, None])[:, 0] - lse[rows]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        for at in range(0, hidden.shape[0], ctx.chunk):
+            rows = slice(at, at + ctx.chunk)
+            logits = nn.functional.linear(hidden[rows], weight, bias).float() / ctx.temperature
+            g = grad_out[rows, None].float()
+            grad_z = logits.sub_(lse[rows, None]).exp_().mul_(-g)
+            grad_z.scatter_add_(1, targets[rows, None], g)
+            grad_z = grad_z.div_(ctx.temperature).to(weight.dtype)
+            if need_h:
+                torch.matmul(grad_z, weight, out=grad_h[rows])
+            if need_w:
+                grad_w.addmm_(grad_z.T, hidden[rows])
+            if need_b:
+                grad_b.add_(grad_z.sum(0))
+        return grad_h, grad_w, grad_b, None, None, None
+
+
 def token_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, temperature: float = 1.0,
                    chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """log softmax(head(hidden) / temperature) at ``targets``: hidden [K, d], targets [K] int
-    -> fp32 [K], ``chunk`` rows at a time, each but the last recomputed in backward (module
-    docstring)."""
+    -> fp32 [K], ``chunk`` rows at a time (module docstring): a linear head through
+    ``_LinearHeadLogprobs``, any other head under per-chunk activation checkpointing."""
     if hidden.dim() != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden must be [K, d] and targets [K]; got {tuple(hidden.shape)} and "
                          f"{tuple(targets.shape)}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
+    if type(head) is nn.Linear:
+        return _LinearHeadLogprobs.apply(hidden, head.weight, head.bias, targets, temperature, chunk)
     parts = []
-    chunks = list(zip(hidden.split(chunk), targets.split(chunk)))
-    for at, (rows, picked) in enumerate(chunks):
-        if torch.is_grad_enabled() and rows.requires_grad and at < len(chunks) - 1:
+    for rows, picked in zip(hidden.split(chunk), targets.split(chunk)):
+        if torch.is_grad_enabled() and rows.requires_grad:
             parts.append(checkpoint(_chunk_logprobs, rows, head, picked, temperature, use_reentrant=False))
         else:
             parts.append(_chunk_logprobs(rows, head, picked, temperature))
