@@ -32,28 +32,33 @@ import os
 import sys
 from pathlib import Path
 
-ORDER = ("angle_stats", "delta_svd", "checkpoint_rank1", "score_dataset", "train_step", "demo")
+ORDER = ("angle_stats", "delta_svd", "checkpoint_rank1", "score_dataset", "train_step", "train_memory", "demo",
+         "real_model")
 COLUMNS = ("what", "case", "result", "baseline")
 START = "<!-- bench-table:start -->"
 END = "<!-- bench-table:end -->"
 HEADLINE_START = "<!-- bench-headline:start -->"
 HEADLINE_END = "<!-- bench-headline:end -->"
 SCORE_VS_RELEASED = "score: prefix run once vs released batch-1 procedure"
+RANK1_WHOLE = "`rlsignals rank1`, whole command (sigma1, u1, v1 of every module)"
 # (file, "what", a piece of "case") of each headline row, in the README's order
 HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("angle_stats-cpu.json", "`angle_stats`, cpp backend", "bf16, d = 4096, T = 64k"),
     ("score_dataset-cpu.json", SCORE_VS_RELEASED, "llama d=1024, 8 layers, prefix 1000"),
-    ("score_dataset-cpu.json", SCORE_VS_RELEASED, "llama d=512, 8 layers, prefix 160"),
     ("delta_svd-cpu.json", "delta_svd top-1, tol 1e-4, vectors to tol too (default)",
      "mp1-1.5 (realistic: sigma1/sigma2 1.49, top direction 0.22% of energy), 4096x4096 bf16, B=2"),
     ("delta_svd-cpu.json", "delta_svd top-1, tol 1e-4, vectors to tol too (default)",
      "subulp (realistic: sigma1/sigma2 1.01, top direction 0.1% of energy), 4096x4096 bf16, B=2"),
-    ("checkpoint_rank1-cpu.json", "rlsignals rank1: sigma1, u1, v1 of every module's update", "realistic update"),
+    ("checkpoint_rank1-cpu.json", RANK1_WHOLE, "Qwen2.5-0.5B shapes"),
+    ("checkpoint_rank1-cpu.json", RANK1_WHOLE, "Qwen2.5-7B shapes"),
+    ("train_memory-cpu.json", "RL step memory and speed (`RLTrainer`)", "V = 151,936, random weights; 4 prompts"),
     ("train_step-cpu.json", "live angle signal in `rlsignals train`", "demo model"),
     ("demo-cpu.json", "`make demo`, whole run", ""),
     ("demo-study-cpu.json", "greedy accuracy, uniform RL", ""),
     ("demo-study-cpu.json", "GAIN-RL: steps to the same accuracy, uniform / GAIN-RL", ""),
-    ("demo-study-cpu.json", "alpharl: accuracy extrapolated from the first 38% / final", ""),
+    ("real_model-cpu.json", "real model: `score_dataset` (rlsignals score) vs the released batch-1 procedure", ""),
+    ("real_model-cpu.json", "real model: Spearman(angle signal, sampled pass rate at the start)", ""),
+    ("demo-smollm2-cpu.json", "real model: greedy accuracy (uniform RL run)", ""),
 )
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -9,9 +9,9 @@ the sampling temperature. The decoder runs as usual (through the wrapped trainin
 so DDP and FSDP2 see their forward), asked for the logits of one position only
 (``logits_to_keep=1``); a forward hook takes its final hidden states. The LM head then
 runs only at the K positions with m_nt = 1, CHUNK of them at a time, each chunk's logits
-in fp32 (``token_logprobs``): the forward keeps the [K] results and log-partitions only,
-and the backward recomputes one chunk's logits at a time and adds each chunk's share of
-the head's weight gradient into one buffer (a linear head, ``_LinearHeadLogprobs``; any
+in fp32 (``token_logprobs``): the forward keeps the [K] results and log-partitions (and
+the last chunk's softmax), and the backward recomputes one other chunk's logits at a time
+and adds each chunk's share of the head's weight gradient into one buffer (a linear head, ``_LinearHeadLogprobs``; any
 other head runs under per-chunk activation checkpointing). The peak of the head is
 O(CHUNK x V) plus one weight gradient, instead of O(N x (P + T) x V) for the batch's
 logits and their fp32 copy. Results equal
@@ -47,22 +47,27 @@ def _chunk_logprobs(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor
 class _LinearHeadLogprobs(torch.autograd.Function):
     """log softmax((h W^T + b) / T)[y] of K rows, CHUNK rows at a time, for a linear head.
 
-    Forward keeps the [K] results and the [K] log-partitions lse. Backward, with g = dL/dlogp,
-    recomputes each chunk's logits z and forms dL/dz = g (onehot(y) - exp(z - lse)) / T;
+    Forward keeps the [K] results, the [K] log-partitions lse and the softmax of the last
+    chunk. Backward, with g = dL/dlogp, takes that chunk first (then frees its softmax) and
+    recomputes each other chunk's logits z; it forms dL/dz = g (onehot(y) - exp(z - lse)) / T;
     dL/dh = dL/dz W and dL/db = sum dL/dz per chunk, and dL/dW = sum over chunks of
     dL/dz^T h into ONE buffer: the head's weight gradient (V x d) is held once, not once
     per chunk and once for their sum, as autograd does when each chunk is a separate use
-    of W."""
+    of W. A batch of one chunk thus runs the head once forward and never recomputes it."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, chunk):
         out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(out)
-        for at in range(0, hidden.shape[0], chunk):
+        starts = range(0, hidden.shape[0], chunk)
+        ctx.last_softmax = None
+        for at in starts:
             rows = slice(at, at + chunk)
             logits = nn.functional.linear(hidden[rows], weight, bias).float() / temperature
             lse[rows] = torch.logsumexp(logits, 1)
             out[rows] = logits.gather(1, targets[rows, None])[:, 0] - lse[rows]
+            if at == starts[-1] and any(ctx.needs_input_grad[:3]):
+                ctx.last_softmax = logits.sub_(lse[rows, None]).exp_()
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
         return out
@@ -72,21 +77,24 @@ class _LinearHeadLogprobs(torch.autograd.Function):
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros_like(bias) if need_b else None
-        for at in range(0, hidden.shape[0], ctx.chunk):
+        grad_w = grad_b = None
+        for at in reversed(range(0, hidden.shape[0], ctx.chunk)):
             rows = slice(at, at + ctx.chunk)
-            logits = nn.functional.linear(hidden[rows], weight, bias).float() / ctx.temperature
+            softmax, ctx.last_softmax = ctx.last_softmax, None
+            if softmax is None:
+                logits = nn.functional.linear(hidden[rows], weight, bias).float() / ctx.temperature
+                softmax = logits.sub_(lse[rows, None]).exp_()
             g = grad_out[rows, None].float()
-            grad_z = logits.sub_(lse[rows, None]).exp_().mul_(-g)
+            grad_z = softmax.mul_(-g)
+            del softmax
             grad_z.scatter_add_(1, targets[rows, None], g)
             grad_z = grad_z.div_(ctx.temperature).to(weight.dtype)
             if need_h:
                 torch.matmul(grad_z, weight, out=grad_h[rows])
             if need_w:
-                grad_w.addmm_(grad_z.T, hidden[rows])
+                grad_w = grad_z.T @ hidden[rows] if grad_w is None else grad_w.addmm_(grad_z.T, hidden[rows])
             if need_b:
-                grad_b.add_(grad_z.sum(0))
+                grad_b = grad_z.sum(0) if grad_b is None else grad_b.add_(grad_z.sum(0))
         return grad_h, grad_w, grad_b, None, None, None
 
 
