@@ -1,7 +1,7 @@
 """Benchmark `rlsignals rank1`.
 
 --whole-model (the command as a user runs it; bench/rank1_whole.py): the whole command on a
-whole model's checkpoints (a Qwen2.5-0.5B-shaped model, all 24 layers, and a stack of 4
+whole model's checkpoints (a Qwen2.5-0.5B-shaped model, all 24 layers, and a stack of 2
 Qwen2.5-7B-shaped layers; base + 2 checkpoints of RL-like updates of several kinds, flat tops
 included: bench/rank1_models.py), in a fresh process, against the best script a user could
 write (bench/rank1_contender.py: torch + scipy, per module the fastest of torch.svd_lowrank /
@@ -9,7 +9,7 @@ scipy svds tuned with the fp64 answer), timed alternately in the same run, start
 reading included on both sides; the time split into start-up, reading, solving and writing;
 sigma_1 of every module against fp64, the bound and the vectors flag checked. Writes
 bench/results/checkpoint_rank1-cpu.json. The synthetic checkpoints, their fp64 answers and
-the contender's tuning are kept in --workdir (default /tmp/rlsignals-bench-rank1: about 8 GB)
+the contender's tuning are kept in --workdir (default /tmp/rlsignals-bench-rank1: about 5 GB)
 and reused.
 
 Default mode (the per-module solve alone, in memory; bench/gpu_check.py runs it with --device
@@ -293,7 +293,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--whole-model", action="store_true", help="the whole command on whole models (see above)")
     parser.add_argument("--models", nargs="+", default=["qwen2.5-0.5b", "qwen2.5-7b"], help="whole-model mode")
-    parser.add_argument("--stack-layers", type=int, default=4, help="whole-model mode: layers of the 7B-shaped stack")
+    parser.add_argument("--stack-layers", type=int, default=2, help="whole-model mode: layers of the 7B-shaped stack")
     parser.add_argument("--reps", type=int, default=3, help="whole-model mode: timed runs of each command")
     parser.add_argument("--note", default=None, help="a remark on how it was run, kept in the JSON")
     parser.add_argument("--quick", action="store_true", help="1 layer, 2 checkpoints, no end-to-end run")

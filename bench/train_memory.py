@@ -28,6 +28,9 @@ Measured there:
             (generation, update; the high-water mark is reset at each phase boundary).
   tokens/s  completion tokens trained / the measured step's wall time; generation and update
             times (and tokens/s) separately.
+On the CPU the peak RSS also holds memory the allocator keeps after a free, so it moves between
+runs of identical work: the JSON's "generation_peak_spread" gives, per model and batch, the
+spread of our generation-phase peaks over the micro-batch sizes (the same generation each time).
 bound = weights + gradients + AdamW's two states (4 x the parameters' bytes) + 2 GB (2e9 bytes).
 Targets (issue 25): peak independent of the global batch within 10%; at micro-batch 4 at most the
 bound; beside TRL on the same model and batch, our peak no higher and our tokens/s no lower.
@@ -59,6 +62,7 @@ import importlib.util
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -535,6 +539,22 @@ def _key(r: dict, *drop: str) -> tuple:
     return tuple(r[f] for f in fields if f not in drop)
 
 
+def generation_spread(results: list[dict]) -> list[dict]:
+    """The noise of the peak: per model and global batch, the spread of our generation-phase peaks
+    over the micro-batch sizes (the generation is the same work in each: same prompts, seeds and
+    batch), i.e. how much the peak moves between runs of identical work."""
+    out = []
+    groups: dict[tuple, list[int]] = {}
+    for r in results:
+        if r.get("side") == "ours" and r.get("peak_generation_bytes") is not None:
+            groups.setdefault((r["model"], r["batch"]), []).append(r["peak_generation_bytes"])
+    for (model, batch), peaks in sorted(groups.items()):
+        if len(peaks) > 1:
+            out.append({"model": model, "batch": batch, "runs": len(peaks), "min_bytes": min(peaks),
+                        "max_bytes": max(peaks), "spread_bytes": max(peaks) - min(peaks)})
+    return out
+
+
 def verdicts(results: list[dict], global_batches: list[int]) -> list[dict]:
     """Each target, per configuration where it applies: met / missed with the numbers."""
     ok = [r for r in results if "error" not in r]
@@ -748,6 +768,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{v['verdict']:>6}  {v['target']}: {v['model']} "
               f"{' '.join(f'{k} {v[k]}' for k in ('batch', 'micro', 'gradient_checkpointing') if k in v)}: "
               f"{v['numbers']}")
+    for g in generation_spread(results):
+        print(f"noise: {g['model']} batch {g['batch']}: generation-phase peaks {g['min_bytes'] / GB:.2f}-"
+              f"{g['max_bytes'] / GB:.2f} GB over {g['runs']} runs of the same generation")
     for model, note in notes.items():
         print(f"{model}: {note}")
     if args.quick and args.output is None:
@@ -762,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             if r.get("side") == "trl" and "settings" in r:
                 r["settings"]["trl_version"] = trl.__version__
-    extra = {"note": (f"each configuration in a fresh process, exclusive use of the machine; peak = "
+    extra = {"command": shlex.join(["python", "bench/train_memory.py", *(sys.argv[1:] if argv is None else argv)]),
+             "note": (f"each configuration in a fresh process, exclusive use of the machine; peak = "
                       f"{'max_memory_allocated' if device.type == 'cuda' else 'peak RSS minus the RSS after imports'}"
                       f" over {args.warmup} warm-up + {args.steps} measured step(s); tokens/s from the measured "
                       "step(s)"),
@@ -771,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
                        "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "layers": args.layers,
                        "warmup": args.warmup, "steps": args.steps, "reward": "crc32(completion text) / 2^32",
                        "bound": "4 x parameter bytes (fp32 weights, gradients, AdamW exp_avg and exp_avg_sq) + 2e9"},
-             "not_installed": notes, "targets": found}
+             "not_installed": notes, "targets": found, "generation_peak_spread": generation_spread(results)}
     if args.output is None:
         path = write_results("train_memory", device, results, extra)
     else:
