@@ -204,6 +204,23 @@ def test_pass_target_is_the_worst_case_per_backend():
     assert triton.value == pytest.approx(1 / 1.6) and not triton.met
 
 
+def test_train_memory_targets_are_the_worst_case_of_each_verdict():
+    found = [{"target": "peak independent of the global batch (within 10%)", "ratio": 1.05},
+             {"target": "peak independent of the global batch (within 10%)", "ratio": 1.21},
+             {"target": "peak at micro-batch 4 <= weights + gradients + AdamW state + 2 GB",
+              "peak_bytes": 3e9, "bound_bytes": 4.5e9},
+             {"target": "vs TRL GRPOTrainer: our peak no higher, our tokens/s no lower", "peak_ratio": 0.9,
+              "speed_ratio": 1.6},
+             {"target": "vs TRL GRPOTrainer: our peak no higher, our tokens/s no lower", "peak_ratio": 1.05,
+              "speed_ratio": 1.4}]
+    batch, bound, peak, speed = verdicts.train_memory_targets({"targets": found})
+    assert batch.value == pytest.approx(1.10 / 1.21) and not batch.met
+    assert bound.value == pytest.approx(1.5) and bound.met
+    assert peak.value == pytest.approx(1 / 1.05) and not peak.met
+    assert speed.value == pytest.approx(1.4) and speed.met
+    assert all(t.value is None for t in verdicts.train_memory_targets({"targets": []}))
+
+
 @pytest.mark.parametrize("statuses, missed, code", [
     (["passed", "passed"], False, 0),
     (["passed", "skipped"], False, 3),

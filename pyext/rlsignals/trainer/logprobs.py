@@ -9,12 +9,12 @@ the sampling temperature. The decoder runs as usual (through the wrapped trainin
 so DDP and FSDP2 see their forward), asked for the logits of one position only
 (``logits_to_keep=1``); a forward hook takes its final hidden states. The LM head then
 runs only at the K positions with m_nt = 1, CHUNK of them at a time, each chunk's logits
-in fp32 (``token_logprobs``): the forward keeps the [K] results and log-partitions (and
-the last chunk's softmax), and the backward recomputes one other chunk's logits at a time
-and adds each chunk's share of the head's weight gradient into one buffer (a linear head, ``_LinearHeadLogprobs``; any
-other head runs under per-chunk activation checkpointing). The peak of the head is
-O(CHUNK x V) plus one weight gradient, instead of O(N x (P + T) x V) for the batch's
-logits and their fp32 copy. Results equal
+in fp32 (``token_logprobs``). For a linear head (``_LinearHeadLogprobs``) the forward
+keeps the [K] results and log-partitions (and the last chunk's softmax); the backward
+recomputes one other chunk's logits at a time and adds each chunk's share of the head's
+weight gradient into one buffer. Any other head runs under per-chunk activation
+checkpointing. The peak of the head is O(CHUNK x V) plus one weight gradient, instead of
+O(N x (P + T) x V) for the batch's logits and their fp32 copy. Results equal
 ``log_softmax(logits / T).gather(y)`` of the full forward to fp32 rounding, gradients too.
 
 When the prompts share a prefix of at least ``min_shared`` tokens (a few-shot prefix, or
