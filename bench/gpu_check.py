@@ -107,7 +107,8 @@ STEPS = (
                                       "--checkpoints", "2"), verdicts.assess_rank1, True),
     Step("bench-train-mem", True, 90, _py("bench/train_memory.py", "--device", "cuda", "--models", "qwen2.5-0.5b-2l",
                                           "--micro", "4", "--trl-micro", "4", "--gradient-checkpointing", "off",
-                                          "--timeout", "40"), verdicts.assess_train_memory, True),
+                                          "--prompt-len", "64", "--new-tokens", "64", "--timeout", "40"),
+         verdicts.assess_train_memory, True),
 )
 STEP_NAMES = tuple(s.name for s in STEPS)
 

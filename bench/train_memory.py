@@ -47,7 +47,8 @@ ours off; both are run matched), everything else TRL's default (its fused chunke
 log-probabilities included). The exact settings of both sides are in the JSON.
 
 Usage:
-  python bench/train_memory.py                   the default grid on the CPU (about 1.5 h on 2 cores)
+  python bench/train_memory.py                   the default grid on the CPU (hours on 2 cores; the committed
+                                                 results ran the smaller grid named in their JSON's "command")
   python bench/train_memory.py --quick           tiny sizes (about a minute; prints, writes no JSON)
   python bench/train_memory.py --device cuda     the same on a GPU (results named after the device)
   python bench/train_memory.py --micro 4 --global-batches 8 --sides ours   a part of the grid
