@@ -266,8 +266,27 @@ def _param_bytes(model) -> tuple[int, int]:
     return sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params)
 
 
+def sync(device: str) -> None:
+    """Wait for the device's queued work (on a CUDA device), so that a clock read next times it."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed_phase(probe: MemoryProbe, device: str, timing: dict, key: str, start: str, end: str, call):
+    """``call()`` as the probe's phase ``start`` (then phase ``end``), its seconds, the device's
+    work included, in ``timing[key]``; returns what it returned."""
+    probe.mark(start)
+    t0 = time.perf_counter()
+    out = call()
+    sync(device)
+    timing[key] = time.perf_counter() - t0
+    probe.mark(end)
+    return out
+
+
 def run_ours(spec: Spec, probe: MemoryProbe, out_dir: str) -> dict:
-    import torch
 
     from rlsignals.trainer.loop import RLConfig, RLTrainer
 
@@ -280,29 +299,16 @@ def run_ours(spec: Spec, probe: MemoryProbe, out_dir: str) -> dict:
                       gradient_checkpointing=spec.gradient_checkpointing, seed=spec.seed)
     timing: dict[str, float] = {}
 
-    def sync() -> None:
-        if spec.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     class Timed(RLTrainer):
         def _rollouts(self, *args, **kwargs):
-            probe.mark(f"{self.step + 1}:generation")
-            t0 = time.perf_counter()
-            out = super()._rollouts(*args, **kwargs)
-            sync()
-            timing["generation_s"] = time.perf_counter() - t0
+            out = timed_phase(probe, spec.device, timing, "generation_s", f"{self.step + 1}:generation",
+                              f"{self.step + 1}:rewards", lambda: super(Timed, self)._rollouts(*args, **kwargs))
             timing["tokens"] = float(out.completion_mask.sum())
-            probe.mark(f"{self.step + 1}:rewards")
             return out
 
         def _update(self, *args, **kwargs):
-            probe.mark(f"{self.step + 1}:update")
-            t0 = time.perf_counter()
-            out = super()._update(*args, **kwargs)
-            sync()
-            timing["update_s"] = time.perf_counter() - t0
-            probe.mark(f"{self.step + 1}:after")
-            return out
+            return timed_phase(probe, spec.device, timing, "update_s", f"{self.step + 1}:update",
+                               f"{self.step + 1}:after", lambda: super(Timed, self)._update(*args, **kwargs))
 
     trainer = Timed(model, tokenizer, rows, lambda row: tokenizer(row["prompt"])["input_ids"],
                     lambda text, row: crc_reward(text), config, out_dir)
@@ -310,21 +316,20 @@ def run_ours(spec: Spec, probe: MemoryProbe, out_dir: str) -> dict:
     steps = []
     for _ in range(total):
         probe.mark(f"{trainer.step + 1}:start")
-        sync()
+        sync(spec.device)
         t0 = time.perf_counter()
         record = trainer.train_step()
-        sync()
+        sync(spec.device)
         steps.append({"step_s": time.perf_counter() - t0, **timing, "loss": record["loss"],
                       "reward": record["reward"], "grad_norm": record["grad_norm"]})
     probe.mark(None)
     settings = {"RLConfig": dataclasses.asdict(config), "batch_sizes (mini, micro)": list(trainer.batch_sizes),
-                "optimizer": "torch.optim.AdamW(weight_decay=0)"}
+                "optimizer": f"torch.optim.AdamW(weight_decay=0, fused={trainer.optimizer.defaults['fused']})"}
     return {"model_obj": model, "setup_bytes": setup, "steps": steps, "settings": settings}
 
 
 def run_trl(spec: Spec, probe: MemoryProbe, out_dir: str) -> dict:
     import datasets
-    import torch
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
@@ -348,22 +353,13 @@ def run_trl(spec: Spec, probe: MemoryProbe, out_dir: str) -> dict:
                           processing_class=tokenizer)
     timing: dict[str, float] = {}
     steps: list[dict] = []
-
-    def sync() -> None:
-        if spec.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     generate = trainer._generate_and_score_completions
 
     def timed_generate(*a, **k):
         step = trainer.state.global_step + 1
-        probe.mark(f"{step}:generation")
-        t0 = time.perf_counter()
-        out = generate(*a, **k)
-        sync()
-        timing["generation_s"] = time.perf_counter() - t0
+        out = timed_phase(probe, spec.device, timing, "generation_s", f"{step}:generation", f"{step}:update",
+                          lambda: generate(*a, **k))
         timing["tokens"] = float(out["completion_mask"].sum())
-        probe.mark(f"{step}:update")
         return out
 
     trainer._generate_and_score_completions = timed_generate
@@ -371,11 +367,11 @@ def run_trl(spec: Spec, probe: MemoryProbe, out_dir: str) -> dict:
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             probe.mark(f"{state.global_step + 1}:start")
-            sync()
+            sync(spec.device)
             timing["t0"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            sync()
+            sync(spec.device)
             step_s = time.perf_counter() - timing.pop("t0")
             steps.append({"step_s": step_s, **timing, "update_s": step_s - timing["generation_s"]})
             probe.mark(f"{state.global_step}:after")

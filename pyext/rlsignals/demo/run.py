@@ -91,9 +91,7 @@ class DemoConfig:
         """SmolLM2-135M on SVAMP's arithmetic (demo/real.py): every training and held-out problem,
         sized to run within about an hour of a 2-core CPU; ``quick``: a few minutes, for a test."""
         if quick:
-            return cls(testbed="smollm2", train_prompts=32, eval_prompts=16, probe_prompts=16, steps=6,
-                       prompts_per_step=4, generations=4, lr=REAL_LR, eval_every=2, fit_until=1.0, pass_samples=4,
-                       sft_steps=2, sft_batch=4)
+            return dataclasses.replace(cls.quick(), testbed="smollm2", lr=REAL_LR)
         return cls(testbed="smollm2", train_prompts=506, eval_prompts=256, probe_prompts=128, steps=30,
                    prompts_per_step=8, generations=8, lr=REAL_LR, eval_every=5, pass_samples=8, sft_steps=20,
                    sft_batch=8)
